@@ -1,0 +1,1 @@
+//! coordgen-kernels

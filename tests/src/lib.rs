@@ -1,0 +1,1 @@
+//! coordgen-tests: integration tests live in tests/tests/.
