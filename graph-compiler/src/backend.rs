@@ -1,0 +1,152 @@
+//! The contract between the graph compiler and a backend.
+//!
+//! A backend answers which ops it supports, compiles a [`Subgraph`] against
+//! the model's weights, and runs it over a session's buffers. Buffers that
+//! cross subgraph boundaries ([`SessionState`]) belong to the session, so the
+//! output of one subgraph is the input of the next without a copy.
+
+use crate::config::WeightCatalog;
+use crate::ir::{DType, Op, Subgraph};
+use crate::lower::Plan;
+use crate::Error;
+use std::ops::Range;
+use std::sync::Arc;
+
+/// Bytes of one weight, viewed in place in memory someone else owns (the
+/// memory-mapped GGUF file).
+#[derive(Clone)]
+pub struct WeightBytes {
+    owner: Arc<dyn AsRef<[u8]> + Send + Sync>,
+    range: Range<usize>,
+}
+
+impl WeightBytes {
+    /// `None` when `range` is not inside `owner`.
+    pub fn new(owner: Arc<dyn AsRef<[u8]> + Send + Sync>, range: Range<usize>) -> Option<Self> {
+        let len = (*owner).as_ref().len();
+        (range.start <= range.end && range.end <= len).then_some(WeightBytes { owner, range })
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        // The range was checked against the owner in `new`, and owners never shrink.
+        (*self.owner)
+            .as_ref()
+            .get(self.range.clone())
+            .unwrap_or(&[])
+    }
+}
+
+/// Weights by name: dtype, shape and bytes.
+pub trait WeightSource: WeightCatalog + Send + Sync {
+    fn bytes(&self, name: &str) -> Option<WeightBytes>;
+}
+
+/// What changes from one run of a static-shape subgraph to the next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExecParams {
+    /// Rows that hold real tokens; the rest of the bucket is padding.
+    pub n_valid: usize,
+    /// Tokens already in the KV cache; this run's rows go after them.
+    pub past_len: usize,
+}
+
+/// Host memory for a tensor, 8-byte aligned so it can be viewed as any
+/// element type the IR uses.
+#[derive(Clone, Debug, Default)]
+pub struct HostBuffer {
+    words: Vec<u64>,
+    len: usize,
+}
+
+impl HostBuffer {
+    pub fn zeroed(len: usize) -> Self {
+        HostBuffer {
+            words: vec![0; len.div_ceil(8)],
+            len,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        let bytes: &[u8] = bytemuck::cast_slice(&self.words);
+        &bytes[..self.len]
+    }
+
+    pub fn as_bytes_mut(&mut self) -> &mut [u8] {
+        let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut self.words);
+        &mut bytes[..self.len]
+    }
+
+    /// Base pointer, for executors that hand disjoint views to kernels.
+    pub fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.words.as_mut_ptr().cast()
+    }
+
+    /// Typed view of the whole buffer (`None` if the size is not a multiple).
+    pub fn view<T: bytemuck::Pod>(&self) -> Option<&[T]> {
+        bytemuck::try_cast_slice(self.as_bytes()).ok()
+    }
+
+    pub fn view_mut<T: bytemuck::Pod>(&mut self) -> Option<&mut [T]> {
+        bytemuck::try_cast_slice_mut(self.as_bytes_mut()).ok()
+    }
+}
+
+/// A session's buffers: the boundary buffers of its plan and its KV cache.
+#[derive(Clone, Debug)]
+pub struct SessionState {
+    pub boundaries: Vec<HostBuffer>,
+    /// Two per layer: K then V, each `[context_length, n_kv_heads * head_dim]` f16.
+    pub kv: Vec<HostBuffer>,
+}
+
+impl SessionState {
+    pub fn new(plan: &Plan) -> Self {
+        let boundaries = plan
+            .boundary_decls
+            .iter()
+            .map(|b| HostBuffer::zeroed(b.dtype.bytes_for(b.elements).unwrap_or(0)))
+            .collect();
+        let c = &plan.config;
+        let per_half =
+            plan.options.context_length * c.n_kv_heads * c.head_dim * DType::F16.block_bytes();
+        let kv = (0..2 * c.n_layers)
+            .map(|_| HostBuffer::zeroed(per_half))
+            .collect();
+        SessionState { boundaries, kv }
+    }
+
+    /// Bytes held by the state.
+    pub fn bytes(&self) -> usize {
+        self.boundaries
+            .iter()
+            .chain(&self.kv)
+            .map(HostBuffer::len)
+            .sum()
+    }
+}
+
+/// A subgraph compiled for one backend.
+pub trait Executable: Send {
+    fn name(&self) -> &str;
+    fn run(&mut self, state: &mut SessionState, params: &ExecParams) -> Result<(), Error>;
+}
+
+/// A compute target.
+pub trait Backend: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// Whether the backend can run `op` as it appears in `graph`.
+    fn supports(&self, op: &Op, graph: &Subgraph) -> bool;
+    fn compile(
+        &self,
+        graph: &Subgraph,
+        weights: &dyn WeightSource,
+    ) -> Result<Box<dyn Executable>, Error>;
+}
