@@ -1,9 +1,105 @@
-//! coordgen-cpu: executes IR subgraphs on the CPU.
+//! # coordgen-cpu
+//!
+//! The CPU backend: it runs every op of the IR with `coordgen-kernels`, so it
+//! is both the reference the other backends are checked against and the
+//! fallback for the ops they cannot run.
+//!
+//! A compiled subgraph owns its arena (the planned intermediates) and views
+//! its weights in place in the memory-mapped model. Rows past
+//! [`ExecParams::n_valid`] are padding: they are neither computed nor cached.
 
-/// Errors of the CPU backend.
+#![warn(unsafe_op_in_unsafe_fn)]
+
+mod exec;
+
+use coordgen_graph::{Backend, Executable, Op, Subgraph, WeightSource};
+use coordgen_kernels::KernelSet;
+use std::sync::Arc;
+
+pub use exec::CpuExecutable;
+
+/// Errors of the CPU backend. They reach callers wrapped in
+/// [`coordgen_graph::Error::Backend`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    #[error("unsupported op: {0}")]
-    Unsupported(String),
+    #[error("cannot start a pool of {threads} threads: {message}")]
+    ThreadPool { threads: usize, message: String },
+    #[error("{graph}: {message}")]
+    BadGraph { graph: String, message: String },
+    #[error("weight {name}: {message}")]
+    BadWeight { name: String, message: String },
+    #[error("token id {id} is outside the vocabulary of {vocab} tokens")]
+    TokenOutOfRange { id: i64, vocab: usize },
+    #[error("kernel: {0}")]
+    Kernel(#[from] coordgen_kernels::Error),
+}
+
+impl From<Error> for coordgen_graph::Error {
+    fn from(e: Error) -> Self {
+        coordgen_graph::Error::Backend {
+            backend: "cpu",
+            source: Box::new(e),
+        }
+    }
+}
+
+/// Runs subgraphs on this machine's cores.
+#[derive(Clone)]
+pub struct CpuBackend {
+    kernels: &'static KernelSet,
+    pool: Arc<rayon::ThreadPool>,
+}
+
+impl CpuBackend {
+    /// A backend with the best kernels this CPU supports and `threads`
+    /// worker threads (`None`: one per core).
+    pub fn new(threads: Option<usize>) -> Result<Self, Error> {
+        Self::with_kernels(KernelSet::best(), threads)
+    }
+
+    /// A backend with a given kernel set, e.g. a lower tier for comparison.
+    pub fn with_kernels(kernels: &'static KernelSet, threads: Option<usize>) -> Result<Self, Error> {
+        let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("coordgen-cpu-{i}"))
+            .build()
+            .map_err(|e| Error::ThreadPool {
+                threads,
+                message: e.to_string(),
+            })?;
+        Ok(CpuBackend {
+            kernels,
+            pool: Arc::new(pool),
+        })
+    }
+
+    pub fn kernels(&self) -> &'static KernelSet {
+        self.kernels
+    }
+
+    pub fn threads(&self) -> usize {
+        self.pool.current_num_threads()
+    }
+}
+
+impl Backend for CpuBackend {
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    /// The CPU runs every op of the IR.
+    fn supports(&self, _op: &Op, _graph: &Subgraph) -> bool {
+        true
+    }
+
+    fn compile(
+        &self,
+        graph: &Subgraph,
+        weights: &dyn WeightSource,
+    ) -> Result<Box<dyn Executable>, coordgen_graph::Error> {
+        let exe = CpuExecutable::new(graph, weights, self.kernels, self.pool.clone())?;
+        Ok(Box::new(exe))
+    }
 }
