@@ -99,10 +99,14 @@ impl HostBuffer {
     }
 }
 
-/// A session's buffers: the boundary buffers of its plan and its KV cache.
+/// A session's buffers: the boundary buffers of its plan, its KV cache and
+/// the arena its subgraphs plan their intermediates in. Subgraphs of one
+/// session run one after another, so they share one arena.
 #[derive(Clone, Debug)]
 pub struct SessionState {
     pub boundaries: Vec<HostBuffer>,
+    /// Sized for the largest subgraph arena of the plan.
+    pub arena: HostBuffer,
     /// Two per layer: K then V, each `[context_length, n_kv_heads * head_dim]` f16.
     pub kv: Vec<HostBuffer>,
 }
@@ -120,7 +124,18 @@ impl SessionState {
         let kv = (0..2 * c.n_layers)
             .map(|_| HostBuffer::zeroed(per_half))
             .collect();
-        SessionState { boundaries, kv }
+        let arena_bytes = plan
+            .buckets
+            .iter()
+            .flat_map(|b| b.subgraphs())
+            .map(|g| g.arena_bytes)
+            .max()
+            .unwrap_or(0);
+        SessionState {
+            boundaries,
+            arena: HostBuffer::zeroed(arena_bytes),
+            kv,
+        }
     }
 
     /// Bytes held by the state.

@@ -6,8 +6,8 @@ use coordgen_graph::{
     Subgraph, TensorDecl, TensorId, TensorKind, WeightBytes, WeightSource,
 };
 use coordgen_kernels::{
-    attention, matmul, AttentionShape, BlockQ4_0, BlockQ4_1, BlockQ8_0, KernelSet, MatmulScratch, RowVisibility,
-    WeightMatrix,
+    attention, matmul, AttentionShape, BlockQ4_0, BlockQ4_1, BlockQ8_0, KernelSet, MatmulScratch,
+    RowVisibility, WeightMatrix,
 };
 use half::f16;
 use std::sync::Arc;
@@ -55,9 +55,12 @@ impl CpuExecutable {
         let mut sizes = Vec::with_capacity(graph.tensors.len());
         let mut bound = Vec::new();
         for t in &graph.tensors {
-            let size = t
-                .n_bytes()
-                .ok_or_else(|| bad(graph, format!("{} has a shape that is not whole blocks", t.name)))?;
+            let size = t.n_bytes().ok_or_else(|| {
+                bad(
+                    graph,
+                    format!("{} has a shape that is not whole blocks", t.name),
+                )
+            })?;
             sizes.push(size);
             places.push(match &t.kind {
                 TensorKind::Weight { name } => {
@@ -88,7 +91,9 @@ impl CpuExecutable {
                     Place::Weight(bound.len() - 1)
                 }
                 TensorKind::Boundary { id } => Place::Boundary(id.0),
-                TensorKind::KvCache { layer, half } => Place::Kv(2 * layer + usize::from(*half == KvHalf::V)),
+                TensorKind::KvCache { layer, half } => {
+                    Place::Kv(2 * layer + usize::from(*half == KvHalf::V))
+                }
                 TensorKind::Intermediate { offset } => Place::Arena(*offset),
             });
         }
@@ -129,9 +134,14 @@ impl CpuExecutable {
                 if input == out {
                     return Err(bad(g, format!("{} reads its own output", op.name())));
                 }
-                if let (Place::Boundary(a), Place::Boundary(b)) = (self.places[input.0], self.places[out.0]) {
+                if let (Place::Boundary(a), Place::Boundary(b)) =
+                    (self.places[input.0], self.places[out.0])
+                {
                     if a == b {
-                        return Err(bad(g, format!("{} reads and writes one boundary buffer", op.name())));
+                        return Err(bad(
+                            g,
+                            format!("{} reads and writes one boundary buffer", op.name()),
+                        ));
                     }
                 }
             }
@@ -143,7 +153,10 @@ impl CpuExecutable {
                     let t = self.decl(table)?;
                     let (rows, cols) = f32_2d(out)?;
                     let id_decl = self.decl(ids)?;
-                    if t.shape.len() != 2 || t.shape[1] != cols || id_decl.dtype != DType::I32 || id_decl.n_elements() != rows
+                    if t.shape.len() != 2
+                        || t.shape[1] != cols
+                        || id_decl.dtype != DType::I32
+                        || id_decl.n_elements() != rows
                     {
                         return Err(bad(g, "embedding shapes disagree"));
                     }
@@ -176,7 +189,11 @@ impl CpuExecutable {
                 } => {
                     let (r, c) = f32_2d(x)?;
                     let p = self.decl(positions)?;
-                    if f32_2d(out)? != (r, c) || c != n_heads * head_dim || head_dim % 2 != 0 || p.dtype != DType::I32 || p.n_elements() < r
+                    if f32_2d(out)? != (r, c)
+                        || c != n_heads * head_dim
+                        || head_dim % 2 != 0
+                        || p.dtype != DType::I32
+                        || p.n_elements() < r
                     {
                         return Err(bad(g, "rope shapes disagree"));
                     }
@@ -198,7 +215,9 @@ impl CpuExecutable {
                     let kv_dim = n_kv_heads * head_dim;
                     let kc = self.decl(k_cache)?;
                     let vc = self.decl(v_cache)?;
-                    let cache_ok = |d: &TensorDecl| d.dtype == DType::F16 && d.shape.len() == 2 && d.shape[1] == kv_dim;
+                    let cache_ok = |d: &TensorDecl| {
+                        d.dtype == DType::F16 && d.shape.len() == 2 && d.shape[1] == kv_dim
+                    };
                     if qd != n_heads * head_dim
                         || f32_2d(k)? != (w, kv_dim)
                         || f32_2d(v)? != (w, kv_dim)
@@ -211,14 +230,20 @@ impl CpuExecutable {
                         return Err(bad(g, "attention shapes disagree"));
                     }
                     if mask == MaskKind::Tree {
-                        let m = tree_mask.ok_or_else(|| bad(g, "tree attention without a tree mask"))?;
+                        let m = tree_mask
+                            .ok_or_else(|| bad(g, "tree attention without a tree mask"))?;
                         let md = self.decl(m)?;
                         if md.dtype != DType::U8 || md.shape != [w, w] {
                             return Err(bad(g, "tree mask must be [W, W] u8"));
                         }
                     }
                 }
-                Op::SiluMul { gate: a, up: b, out } | Op::Add { a, b, out } => {
+                Op::SiluMul {
+                    gate: a,
+                    up: b,
+                    out,
+                }
+                | Op::Add { a, b, out } => {
                     let s = f32_2d(a)?;
                     if f32_2d(b)? != s || f32_2d(out)? != s {
                         return Err(bad(g, format!("{} shapes disagree", op.name())));
@@ -227,7 +252,11 @@ impl CpuExecutable {
                 Op::SelectRows { x, rows, out } => {
                     let (_, c) = f32_2d(x)?;
                     let (r, oc) = f32_2d(out)?;
-                    let want = if rows == RowSelection::LastValid { 1 } else { f32_2d(x)?.0 };
+                    let want = if rows == RowSelection::LastValid {
+                        1
+                    } else {
+                        f32_2d(x)?.0
+                    };
                     if oc != c || r != want {
                         return Err(bad(g, "select_rows shapes disagree"));
                     }
@@ -257,7 +286,11 @@ impl<'a> Memory<'a> {
         if state.arena.len() < exe.graph.arena_bytes {
             return Err(bad(
                 &exe.graph,
-                format!("session arena holds {} bytes, needs {}", state.arena.len(), exe.graph.arena_bytes),
+                format!(
+                    "session arena holds {} bytes, needs {}",
+                    state.arena.len(),
+                    exe.graph.arena_bytes
+                ),
             ));
         }
         let arena = state.arena.as_mut_ptr();
@@ -278,12 +311,22 @@ impl<'a> Memory<'a> {
                         &mut state.kv
                     };
                     let buf = buffers.get_mut(id).ok_or_else(|| {
-                        bad(&exe.graph, format!("session has no buffer {id} for {}", exe.graph.tensors[i].name))
+                        bad(
+                            &exe.graph,
+                            format!(
+                                "session has no buffer {id} for {}",
+                                exe.graph.tensors[i].name
+                            ),
+                        )
                     })?;
                     if buf.len() < size {
                         return Err(bad(
                             &exe.graph,
-                            format!("buffer for {} holds {} bytes, needs {size}", exe.graph.tensors[i].name, buf.len()),
+                            format!(
+                                "buffer for {} holds {} bytes, needs {size}",
+                                exe.graph.tensors[i].name,
+                                buf.len()
+                            ),
                         ));
                     }
                     buf.as_mut_ptr()
@@ -351,13 +394,21 @@ impl<'a> Memory<'a> {
 }
 
 /// Dequantizes row `row` of an embedding table of `cols` columns into `out`.
-fn embedding_row(table: &[u8], dtype: DType, row: usize, cols: usize, out: &mut [f32]) -> Result<(), Error> {
+fn embedding_row(
+    table: &[u8],
+    dtype: DType,
+    row: usize,
+    cols: usize,
+    out: &mut [f32],
+) -> Result<(), Error> {
     let row_bytes = dtype.bytes_for(cols).unwrap_or(0);
     let start = row * row_bytes;
-    let bytes = table.get(start..start + row_bytes).ok_or(Error::TokenOutOfRange {
-        id: row as i64,
-        vocab: table.len() / row_bytes.max(1),
-    })?;
+    let bytes = table
+        .get(start..start + row_bytes)
+        .ok_or(Error::TokenOutOfRange {
+            id: row as i64,
+            vocab: table.len() / row_bytes.max(1),
+        })?;
     let cast_err = |e: bytemuck::PodCastError| Error::BadWeight {
         name: "token_embd.weight".into(),
         message: e.to_string(),
@@ -367,9 +418,15 @@ fn embedding_row(table: &[u8], dtype: DType, row: usize, cols: usize, out: &mut 
         DType::F32 => out.copy_from_slice(bytemuck::try_cast_slice(bytes).map_err(cast_err)?),
         DType::F16 => k::f16_to_f32_row(bytemuck::try_cast_slice(bytes).map_err(cast_err)?, out),
         DType::BF16 => k::bf16_to_f32_row(bytemuck::try_cast_slice(bytes).map_err(cast_err)?, out),
-        DType::Q4_0 => k::dequantize_row_q4_0(bytemuck::try_cast_slice(bytes).map_err(cast_err)?, out),
-        DType::Q4_1 => k::dequantize_row_q4_1(bytemuck::try_cast_slice(bytes).map_err(cast_err)?, out),
-        DType::Q8_0 => k::dequantize_row_q8_0(bytemuck::try_cast_slice(bytes).map_err(cast_err)?, out),
+        DType::Q4_0 => {
+            k::dequantize_row_q4_0(bytemuck::try_cast_slice(bytes).map_err(cast_err)?, out)
+        }
+        DType::Q4_1 => {
+            k::dequantize_row_q4_1(bytemuck::try_cast_slice(bytes).map_err(cast_err)?, out)
+        }
+        DType::Q8_0 => {
+            k::dequantize_row_q8_0(bytemuck::try_cast_slice(bytes).map_err(cast_err)?, out)
+        }
         other => {
             return Err(Error::BadWeight {
                 name: "token_embd.weight".into(),
@@ -385,7 +442,11 @@ impl Executable for CpuExecutable {
         &self.graph.name
     }
 
-    fn run(&mut self, state: &mut SessionState, params: &ExecParams) -> Result<(), coordgen_graph::Error> {
+    fn run(
+        &mut self,
+        state: &mut SessionState,
+        params: &ExecParams,
+    ) -> Result<(), coordgen_graph::Error> {
         let width = self.graph.width;
         if params.n_valid == 0 || params.n_valid > width {
             return Err(coordgen_graph::Error::BadParams {
@@ -394,7 +455,8 @@ impl Executable for CpuExecutable {
             });
         }
         let pool = self.pool.clone();
-        pool.install(|| self.run_nodes(state, params)).map_err(Into::into)
+        pool.install(|| self.run_nodes(state, params))
+            .map_err(Into::into)
     }
 }
 
@@ -443,23 +505,50 @@ impl CpuExecutable {
                 for r in 0..params.n_valid {
                     let id = ids[r];
                     if id < 0 || id as usize >= vocab {
-                        return Err(Error::TokenOutOfRange { id: id.into(), vocab });
+                        return Err(Error::TokenOutOfRange {
+                            id: id.into(),
+                            vocab,
+                        });
                     }
-                    embedding_row(mem.bytes(table), table_decl.dtype, id as usize, d, &mut out_rows[r * d..(r + 1) * d])?;
+                    embedding_row(
+                        mem.bytes(table),
+                        table_decl.dtype,
+                        id as usize,
+                        d,
+                        &mut out_rows[r * d..(r + 1) * d],
+                    )?;
                 }
             }
-            Op::RmsNorm { x, weight, eps, out } => {
+            Op::RmsNorm {
+                x,
+                weight,
+                eps,
+                out,
+            } => {
                 let c = cols(x);
-                let n = self.active_rows(x, params).min(self.active_rows(out, params));
-                let (x, w, out) = (mem.typed::<f32>(x)?, mem.typed::<f32>(weight)?, mem.typed_mut::<f32>(out)?);
+                let n = self
+                    .active_rows(x, params)
+                    .min(self.active_rows(out, params));
+                let (x, w, out) = (
+                    mem.typed::<f32>(x)?,
+                    mem.typed::<f32>(weight)?,
+                    mem.typed_mut::<f32>(out)?,
+                );
                 for r in 0..n {
-                    coordgen_kernels::ops::rms_norm(&x[r * c..(r + 1) * c], w, eps, &mut out[r * c..(r + 1) * c]);
+                    coordgen_kernels::ops::rms_norm(
+                        &x[r * c..(r + 1) * c],
+                        w,
+                        eps,
+                        &mut out[r * c..(r + 1) * c],
+                    );
                 }
             }
             Op::MatMul { x, w, out } => {
                 let wd = &g.tensors[w.0];
                 let (m, k) = (wd.shape[0], wd.shape[1]);
-                let n = self.active_rows(x, params).min(self.active_rows(out, params));
+                let n = self
+                    .active_rows(x, params)
+                    .min(self.active_rows(out, params));
                 let wm = mem.weight_matrix(w, wd.dtype)?;
                 let x = &mem.typed::<f32>(x)?[..n * k];
                 let out = &mut mem.typed_mut::<f32>(out)?[..n * m];
@@ -479,7 +568,13 @@ impl CpuExecutable {
                 let (x, out) = (mem.typed::<f32>(x)?, mem.typed_mut::<f32>(out)?);
                 out[..n * c].copy_from_slice(&x[..n * c]);
                 for r in 0..n {
-                    coordgen_kernels::ops::rope_norm_inplace(&mut out[r * c..(r + 1) * c], n_heads, head_dim, pos[r], theta_base)?;
+                    coordgen_kernels::ops::rope_norm_inplace(
+                        &mut out[r * c..(r + 1) * c],
+                        n_heads,
+                        head_dim,
+                        pos[r],
+                        theta_base,
+                    )?;
                 }
             }
             Op::Attention {
@@ -509,11 +604,17 @@ impl CpuExecutable {
                 {
                     let (k_new, v_new) = (mem.typed::<f32>(k)?, mem.typed::<f32>(v)?);
                     let kc = mem.typed_mut::<f16>(k_cache)?;
-                    for (dst, src) in kc[past * kv_dim..(past + n) * kv_dim].iter_mut().zip(&k_new[..n * kv_dim]) {
+                    for (dst, src) in kc[past * kv_dim..(past + n) * kv_dim]
+                        .iter_mut()
+                        .zip(&k_new[..n * kv_dim])
+                    {
                         *dst = f16::from_f32(*src);
                     }
                     let vc = mem.typed_mut::<f16>(v_cache)?;
-                    for (dst, src) in vc[past * kv_dim..(past + n) * kv_dim].iter_mut().zip(&v_new[..n * kv_dim]) {
+                    for (dst, src) in vc[past * kv_dim..(past + n) * kv_dim]
+                        .iter_mut()
+                        .zip(&v_new[..n * kv_dim])
+                    {
                         *dst = f16::from_f32(*src);
                     }
                 }
@@ -559,12 +660,20 @@ impl CpuExecutable {
             }
             Op::SiluMul { gate, up, out } => {
                 let len = self.active_rows(out, params) * cols(out);
-                let (a, b, o) = (mem.typed::<f32>(gate)?, mem.typed::<f32>(up)?, mem.typed_mut::<f32>(out)?);
+                let (a, b, o) = (
+                    mem.typed::<f32>(gate)?,
+                    mem.typed::<f32>(up)?,
+                    mem.typed_mut::<f32>(out)?,
+                );
                 coordgen_kernels::ops::silu_mul(&a[..len], &b[..len], &mut o[..len]);
             }
             Op::Add { a, b, out } => {
                 let len = self.active_rows(out, params) * cols(out);
-                let (a, b, o) = (mem.typed::<f32>(a)?, mem.typed::<f32>(b)?, mem.typed_mut::<f32>(out)?);
+                let (a, b, o) = (
+                    mem.typed::<f32>(a)?,
+                    mem.typed::<f32>(b)?,
+                    mem.typed_mut::<f32>(out)?,
+                );
                 o[..len].copy_from_slice(&a[..len]);
                 coordgen_kernels::ops::add_inplace(&mut o[..len], &b[..len]);
             }

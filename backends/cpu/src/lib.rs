@@ -59,8 +59,12 @@ impl CpuBackend {
     }
 
     /// A backend with a given kernel set, e.g. a lower tier for comparison.
-    pub fn with_kernels(kernels: &'static KernelSet, threads: Option<usize>) -> Result<Self, Error> {
-        let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    pub fn with_kernels(
+        kernels: &'static KernelSet,
+        threads: Option<usize>,
+    ) -> Result<Self, Error> {
+        let threads =
+            threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("coordgen-cpu-{i}"))
