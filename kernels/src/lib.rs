@@ -1,1 +1,83 @@
-//! coordgen-kernels
+//! coordgen-kernels: the numeric core of coordgen.
+//!
+//! * [`quant`]: GGUF/ggml-compatible quantized block formats and their scalar
+//!   (reference) quantize/dequantize routines.
+//! * [`dispatch`]: a [`KernelSet`] of function pointers chosen once per
+//!   process for the best instruction set the CPU has (scalar, AVX2,
+//!   AVX-512 VNNI, NEON), so hot loops never re-check CPU features.
+//! * [`matmul`]: `y = x · Wᵀ` over f32/f16/Q4_0/Q4_1/Q8_0 weights, threaded
+//!   with rayon and batch-invariant (a row's result does not depend on how
+//!   many rows are computed together).
+//! * [`ops`]: f32 element-wise ops of the llama graph (RMSNorm, RoPE, SiLU·mul,
+//!   softmax, argmax).
+//! * [`attention`]: fused attention over an f16 KV cache with online softmax.
+//!
+//! Every SIMD kernel has a scalar twin in [`scalar`]; tests compare them.
+#![warn(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+#[cfg(target_arch = "aarch64")]
+mod aarch64;
+pub mod attention;
+pub mod dispatch;
+pub mod matmul;
+pub mod ops;
+pub mod quant;
+pub mod scalar;
+#[allow(dead_code)] // wired into the SIMD kernel sets next
+mod simd_f32;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+pub use attention::{attention, AttentionShape, RowVisibility};
+pub use dispatch::{KernelSet, Tier};
+pub use half::{bf16, f16};
+pub use matmul::{matmul, MatmulScratch, WeightMatrix};
+pub use quant::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, QK};
+
+/// Errors of the kernel crate: all are caller mistakes about shapes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// A buffer or dimension does not have the length the other arguments imply.
+    #[error("shape mismatch: {what}: expected {expected}, got {got}")]
+    Shape {
+        /// Which argument is wrong (e.g. `"x.len()"`).
+        what: &'static str,
+        /// The length the other arguments imply.
+        expected: usize,
+        /// The length that was passed.
+        got: usize,
+    },
+    /// A dimension that must be a multiple of a block size or of another dimension is not.
+    #[error("{what} = {got} must be a multiple of {multiple_of}")]
+    NotMultiple {
+        /// Which dimension.
+        what: &'static str,
+        /// The required divisor.
+        multiple_of: usize,
+        /// The value that was passed.
+        got: usize,
+    },
+    /// An index (e.g. a KV slot) is out of range.
+    #[error("{what}: index {index} out of range (limit {limit})")]
+    OutOfRange {
+        /// Which index.
+        what: &'static str,
+        /// The offending index.
+        index: usize,
+        /// The exclusive upper bound.
+        limit: usize,
+    },
+}
+
+pub(crate) fn check_len(what: &'static str, expected: usize, got: usize) -> Result<(), Error> {
+    if expected == got {
+        Ok(())
+    } else {
+        Err(Error::Shape {
+            what,
+            expected,
+            got,
+        })
+    }
+}

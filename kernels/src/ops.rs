@@ -1,0 +1,145 @@
+//! f32 element-wise ops of the llama graph, numerically following ggml's CPU
+//! ops (same accumulation types and rounding steps), so our activations stay
+//! close to llama.cpp's.
+//!
+//! The purely element-wise parts (scale·weight, add) use pulp SIMD; they are
+//! bitwise equal to a scalar loop (no FMA contraction, no reassociation), so
+//! they need no tier selection. Transcendental parts (`exp`, `cos`, `sin`)
+//! call libm per element: that is what ggml's reference does and it keeps
+//! results independent of the CPU tier.
+
+use crate::simd_f32::{AddF32, ScaleMulF32};
+use crate::Error;
+use std::sync::OnceLock;
+
+/// pulp's architecture token, detected once.
+fn arch() -> pulp::Arch {
+    static ARCH: OnceLock<pulp::Arch> = OnceLock::new();
+    *ARCH.get_or_init(pulp::Arch::new)
+}
+
+/// RMSNorm of one row followed by the per-channel weight:
+/// `out[i] = (x[i] * scale) * weight[i]`, `scale = 1 / sqrt(mean(x²) + eps)`.
+///
+/// As in ggml the sum of squares is accumulated in f64 (each square rounded
+/// to f32 first), the mean and scale are f32.
+///
+/// # Panics
+/// If `weight` or `out` is not as long as `x`.
+pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    assert_eq!(x.len(), weight.len(), "rms_norm: weight length");
+    assert_eq!(x.len(), out.len(), "rms_norm: out length");
+    if x.is_empty() {
+        return;
+    }
+    let sum: f64 = x.iter().map(|&v| (v * v) as f64).sum();
+    let mean = (sum / x.len() as f64) as f32;
+    let scale = 1.0 / (mean + eps).sqrt();
+    arch().dispatch(ScaleMulF32 {
+        x,
+        scale,
+        w: weight,
+        out,
+    });
+}
+
+/// In-place RoPE, ggml "normal" mode (rotates adjacent pairs `x[2i], x[2i+1]`)
+/// for one token: `x` holds `n_heads × head_dim` values.
+///
+/// Angles are computed as ggml does: `theta` starts at `pos` (as f32) and is
+/// multiplied by `theta_scale = theta_base^(-2/head_dim)` after each pair;
+/// `cos`/`sin` are f32.
+///
+/// Returns an error if `x.len() != n_heads * head_dim` or `head_dim` is odd.
+pub fn rope_norm_inplace(
+    x: &mut [f32],
+    n_heads: usize,
+    head_dim: usize,
+    pos: i32,
+    theta_base: f32,
+) -> Result<(), Error> {
+    if head_dim % 2 != 0 {
+        return Err(Error::NotMultiple {
+            what: "head_dim",
+            multiple_of: 2,
+            got: head_dim,
+        });
+    }
+    crate::check_len(
+        "x.len() (n_heads * head_dim)",
+        n_heads.saturating_mul(head_dim),
+        x.len(),
+    )?;
+    if head_dim == 0 {
+        return Ok(());
+    }
+    let theta_scale = theta_base.powf(-2.0 / head_dim as f32);
+    let mut theta = pos as f32;
+    // Pairs outer, heads inner: each angle's cos/sin is computed once per
+    // token (like ggml's rope cache) without a buffer.
+    for i in (0..head_dim).step_by(2) {
+        let (sin_t, cos_t) = theta.sin_cos();
+        theta *= theta_scale;
+        for head in x.chunks_exact_mut(head_dim) {
+            let x0 = head[i];
+            let x1 = head[i + 1];
+            head[i] = x0 * cos_t - x1 * sin_t;
+            head[i + 1] = x0 * sin_t + x1 * cos_t;
+        }
+    }
+    Ok(())
+}
+
+/// `out[i] = silu(gate[i]) * up[i]` with `silu(g) = g / (1 + exp(-g))`.
+///
+/// # Panics
+/// If the three slices differ in length.
+pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    assert_eq!(gate.len(), up.len(), "silu_mul: up length");
+    assert_eq!(gate.len(), out.len(), "silu_mul: out length");
+    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+        *o = (g / (1.0 + (-g).exp())) * u;
+    }
+}
+
+/// `x += y`.
+///
+/// # Panics
+/// If the slices differ in length.
+pub fn add_inplace(x: &mut [f32], y: &[f32]) {
+    assert_eq!(x.len(), y.len(), "add_inplace: lengths differ");
+    arch().dispatch(AddF32 { x, y });
+}
+
+/// Numerically stable softmax in place: `exp(x - max) / Σ`, the sum
+/// accumulated in f64 as ggml does. An empty slice is left as is.
+pub fn softmax_inplace(x: &mut [f32]) {
+    if x.is_empty() {
+        return;
+    }
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0f64;
+    for v in x.iter_mut() {
+        let e = (*v - max).exp();
+        sum += e as f64;
+        *v = e;
+    }
+    let inv = (1.0 / sum) as f32;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// Index of the largest value; the first one on ties, NaNs never win.
+/// Returns 0 for an empty slice.
+pub fn argmax(x: &[f32]) -> usize {
+    let mut best = 0;
+    let mut best_v = f32::NEG_INFINITY;
+    for (i, &v) in x.iter().enumerate() {
+        if v > best_v {
+            best = i;
+            best_v = v;
+        }
+    }
+    best
+}
