@@ -24,7 +24,6 @@ pub mod matmul;
 pub mod ops;
 pub mod quant;
 pub mod scalar;
-#[allow(dead_code)] // wired into the SIMD kernel sets next
 mod simd_f32;
 #[cfg(target_arch = "x86_64")]
 mod x86;

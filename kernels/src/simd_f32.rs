@@ -42,30 +42,6 @@ impl WithSimd for DotF32<'_> {
     }
 }
 
-/// `y += a * x` over f32.
-pub(crate) struct AxpyF32<'a> {
-    pub a: f32,
-    pub x: &'a [f32],
-    pub y: &'a mut [f32],
-}
-
-impl WithSimd for AxpyF32<'_> {
-    type Output = ();
-
-    #[inline(always)]
-    fn with_simd<S: Simd>(self, simd: S) {
-        let (xh, xt) = S::as_simd_f32s(self.x);
-        let (yh, yt) = S::as_mut_simd_f32s(self.y);
-        let va = simd.splat_f32s(self.a);
-        for (o, &v) in yh.iter_mut().zip(xh) {
-            *o = simd.mul_add_e_f32s(va, v, *o);
-        }
-        for (o, &v) in yt.iter_mut().zip(xt) {
-            *o = self.a.mul_add(v, *o);
-        }
-    }
-}
-
 /// `x *= a` over f32.
 pub(crate) struct ScaleF32<'a> {
     pub a: f32,
