@@ -6,8 +6,22 @@
 #![warn(unsafe_op_in_unsafe_fn)]
 
 pub mod chat_template;
+mod engine;
 pub mod error;
 pub mod gguf;
+pub mod model;
+pub mod sampler;
+mod session;
 pub mod tokenizer;
 
+pub use chat_template::{ChatMessage, ChatTemplate};
+pub use engine::{Engine, EngineOptions, LoadProgress};
 pub use error::{Error, Result};
+pub use sampler::{Sampler, SamplerConfig};
+pub use session::{GenerateParams, Generation, Session, StopReason, Timings};
+pub use tokenizer::{StreamDecoder, Tokenizer};
+
+/// Kernel tiers, to force a lower one in [`EngineOptions::kernel_tier`].
+pub use coordgen_kernels::Tier;
+/// The graph compiler's plan types, for `coordgen compile` and tooling.
+pub use coordgen_graph::{ModelConfig, Plan, PlanOptions};

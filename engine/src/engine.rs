@@ -1,0 +1,461 @@
+//! The engine: a loaded model with its compiled plan, shared by sessions.
+
+use crate::chat_template::{ChatMessage, ChatTemplate};
+use crate::gguf::GgufFile;
+use crate::model::{config_from_gguf, GgufWeights};
+use crate::session::Session;
+use crate::tokenizer::Tokenizer;
+use crate::{Error, Result};
+use coordgen_cpu::CpuBackend;
+use coordgen_graph::{
+    lower, Backend, Bucket, BucketKind, ExecParams, Executable, ModelConfig, Plan, PlanOptions, SessionState,
+};
+use coordgen_kernels::{KernelSet, Tier};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// Settings of [`Engine::load`]. `Default` gives sane values for a phone-sized model.
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+    /// Worker threads for the CPU backend (`None`: one per core).
+    pub threads: Option<usize>,
+    /// Longest context a session holds, in tokens (capped at the model's own).
+    pub context_length: usize,
+    /// Prefill chunk widths.
+    pub prefill_widths: Vec<usize>,
+    /// Decode / verify widths.
+    pub verify_widths: Vec<usize>,
+    /// Transformer layers per subgraph block.
+    pub layers_per_block: usize,
+    /// Force a kernel tier (e.g. `Scalar` to compare against the reference).
+    pub kernel_tier: Option<Tier>,
+    /// Touch every weight page at load, so the first request does not pay
+    /// for page faults.
+    pub prefault: bool,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        let plan = PlanOptions::default();
+        EngineOptions {
+            threads: None,
+            context_length: plan.context_length,
+            prefill_widths: plan.prefill_widths,
+            verify_widths: plan.verify_widths,
+            layers_per_block: plan.layers_per_block,
+            kernel_tier: None,
+            prefault: true,
+        }
+    }
+}
+
+/// What [`Engine::load_with_progress`] reports while it works.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadProgress {
+    pub stage: &'static str,
+    pub done: u64,
+    pub total: u64,
+}
+
+/// Compiled executables of one bucket.
+struct BucketExecutables {
+    width: usize,
+    embed: Box<dyn Executable>,
+    blocks: Vec<Box<dyn Executable>>,
+    head_last: Box<dyn Executable>,
+    head_all: Box<dyn Executable>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) path: PathBuf,
+    pub(crate) file: Arc<GgufFile>,
+    pub(crate) config: ModelConfig,
+    pub(crate) plan: Plan,
+    pub(crate) tokenizer: Tokenizer,
+    pub(crate) template: ChatTemplate,
+    pub(crate) backend: CpuBackend,
+    /// One forward pass at a time: executables keep scratch between runs.
+    executables: Mutex<Vec<BucketExecutables>>,
+}
+
+/// A loaded model. Cheap to clone; sessions share it.
+#[derive(Clone)]
+pub struct Engine {
+    pub(crate) inner: Arc<Inner>,
+}
+
+/// Which logits a forward pass keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogitsWanted {
+    /// Only after the last token.
+    Last,
+    /// After every token.
+    All,
+}
+
+/// How the tokens of one forward pass see each other.
+#[derive(Clone, Copy, Debug)]
+pub enum Attend<'a> {
+    /// Each token sees the cache and the tokens before it.
+    Causal,
+    /// A token tree: `mask[i * n + j] != 0` when row `i` sees row `j`.
+    Tree(&'a [u8]),
+}
+
+impl Engine {
+    /// Loads a GGUF model and compiles its plan for the CPU backend.
+    pub fn load(path: impl AsRef<Path>, options: EngineOptions) -> Result<Engine> {
+        Self::load_with_progress(path, options, |_| {})
+    }
+
+    /// [`Engine::load`] that reports its progress.
+    pub fn load_with_progress(
+        path: impl AsRef<Path>,
+        options: EngineOptions,
+        mut progress: impl FnMut(LoadProgress),
+    ) -> Result<Engine> {
+        let path = path.as_ref().to_path_buf();
+        progress(LoadProgress {
+            stage: "reading",
+            done: 0,
+            total: 1,
+        });
+        let file = Arc::new(GgufFile::open(&path)?);
+        let config = config_from_gguf(&file)?;
+        let tokenizer = Tokenizer::from_gguf(&file)?;
+        if tokenizer.vocab_size() != config.vocab_size {
+            return Err(Error::InvalidModel(format!(
+                "the tokenizer has {} tokens but the embedding has {} rows",
+                tokenizer.vocab_size(),
+                config.vocab_size
+            )));
+        }
+        let template = ChatTemplate::from_gguf(&file)?;
+        if options.context_length == 0 {
+            return Err(Error::InvalidOption {
+                name: "context_length",
+                message: "must be at least 1".into(),
+            });
+        }
+        let plan_options = PlanOptions {
+            prefill_widths: options.prefill_widths.clone(),
+            verify_widths: options.verify_widths.clone(),
+            layers_per_block: options.layers_per_block,
+            context_length: options.context_length.min(config.train_context.max(1)),
+        };
+        let weights = GgufWeights::new(file.clone());
+        let plan = lower(&config, &weights, &plan_options)?;
+
+        let kernels: &'static KernelSet = match options.kernel_tier {
+            None => KernelSet::best(),
+            Some(tier) => {
+                let set = KernelSet::for_tier(tier).ok_or_else(|| Error::InvalidOption {
+                    name: "kernel_tier",
+                    message: format!("this CPU cannot run the {tier} kernels"),
+                })?;
+                Box::leak(Box::new(set))
+            }
+        };
+        let backend = CpuBackend::with_kernels(kernels, options.threads)?;
+
+        if options.prefault {
+            prefault(&file, &mut progress);
+        }
+        let total = plan.buckets.iter().map(|b| b.subgraphs().count()).sum::<usize>() as u64;
+        let mut done = 0u64;
+        let mut compile = |g: &coordgen_graph::Subgraph| -> Result<Box<dyn Executable>> {
+            let exe = backend.compile(g, &weights)?;
+            done += 1;
+            progress(LoadProgress {
+                stage: "compiling",
+                done,
+                total,
+            });
+            Ok(exe)
+        };
+        let mut executables = Vec::with_capacity(plan.buckets.len());
+        for bucket in &plan.buckets {
+            executables.push(BucketExecutables {
+                width: bucket.width,
+                embed: compile(&bucket.embed)?,
+                blocks: bucket.blocks.iter().map(&mut compile).collect::<Result<_>>()?,
+                head_last: compile(&bucket.head_last)?,
+                head_all: compile(&bucket.head_all)?,
+            });
+        }
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                path,
+                file,
+                config,
+                plan,
+                tokenizer,
+                template,
+                backend,
+                executables: Mutex::new(executables),
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    pub fn gguf(&self) -> &GgufFile {
+        &self.inner.file
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.inner.config
+    }
+
+    pub fn plan(&self) -> &Plan {
+        &self.inner.plan
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.inner.tokenizer
+    }
+
+    pub fn chat_template(&self) -> &ChatTemplate {
+        &self.inner.template
+    }
+
+    /// Tokens a session can hold.
+    pub fn context_length(&self) -> usize {
+        self.inner.plan.options.context_length
+    }
+
+    /// Kernel tier and thread count, for reports.
+    pub fn backend_description(&self) -> String {
+        format!(
+            "cpu ({} kernels, {} threads)",
+            self.inner.backend.kernels().tier,
+            self.inner.backend.threads()
+        )
+    }
+
+    /// A new session with an empty KV cache.
+    pub fn session(&self) -> Session {
+        Session::new(self.clone())
+    }
+
+    /// Renders a conversation with the model's chat template, ready to be
+    /// continued by the assistant.
+    pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String> {
+        self.inner.template.render(messages, true)
+    }
+
+    /// Tokenizes rendered chat text: special tokens are parsed, and BOS is
+    /// added when the model asks for it.
+    pub fn tokenize_chat(&self, rendered: &str) -> Result<Vec<u32>> {
+        self.inner.tokenizer.encode(rendered, true, true)
+    }
+
+    pub(crate) fn new_state(&self) -> SessionState {
+        SessionState::new(&self.inner.plan)
+    }
+
+    /// Runs `tokens` (at `positions`) after `past_len` cached tokens and
+    /// writes their logits to `logits_out` (one row per token for
+    /// [`LogitsWanted::All`], else only the last row).
+    ///
+    /// Causal batches are split into prefill chunks; a tree batch runs in one
+    /// verify bucket and must fit the widest one.
+    pub(crate) fn forward(
+        &self,
+        state: &mut SessionState,
+        tokens: &[u32],
+        past_len: usize,
+        attend: Attend,
+        wanted: LogitsWanted,
+        logits_out: &mut Vec<f32>,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<()> {
+        let inner = &*self.inner;
+        let vocab = inner.config.vocab_size;
+        if tokens.is_empty() {
+            return Err(Error::EmptyPrompt);
+        }
+        if let Some(&id) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(Error::TokenOutOfRange { id, vocab_size: vocab });
+        }
+        let capacity = self.context_length();
+        if past_len + tokens.len() > capacity {
+            return Err(Error::ContextOverflow {
+                needed: past_len + tokens.len(),
+                context: capacity,
+            });
+        }
+        logits_out.clear();
+        let mut exes = inner
+            .executables
+            .lock()
+            .map_err(|_| Error::InvalidModel("a previous forward pass panicked".into()))?;
+        match attend {
+            Attend::Causal => {
+                let max_chunk = inner
+                    .plan
+                    .options
+                    .prefill_widths
+                    .iter()
+                    .copied()
+                    .max()
+                    .unwrap_or(1);
+                let mut done = 0;
+                while done < tokens.len() {
+                    let n = (tokens.len() - done).min(max_chunk);
+                    let index = self.bucket_index(BucketKind::Prefill, n)?;
+                    let chunk = &tokens[done..done + n];
+                    let positions: Vec<i32> = (0..n).map(|i| (past_len + done + i) as i32).collect();
+                    let last_chunk = done + n == tokens.len();
+                    let rows = match (wanted, last_chunk) {
+                        (LogitsWanted::All, _) => Some(LogitsWanted::All),
+                        (LogitsWanted::Last, true) => Some(LogitsWanted::Last),
+                        (LogitsWanted::Last, false) => None,
+                    };
+                    self.run_bucket(&mut exes[index], state, chunk, &positions, None, past_len + done, rows, logits_out)?;
+                    done += n;
+                    progress(done, tokens.len());
+                }
+            }
+            Attend::Tree(mask) => {
+                let n = tokens.len();
+                if mask.len() != n * n {
+                    return Err(Error::InvalidOption {
+                        name: "tree mask",
+                        message: format!("{} entries for {n} tokens", mask.len()),
+                    });
+                }
+                let index = self.bucket_index(BucketKind::Verify, n)?;
+                let width = inner.plan.buckets[index].width;
+                if width < n {
+                    return Err(Error::InvalidOption {
+                        name: "tree",
+                        message: format!("{n} tokens exceed the widest verify bucket ({width})"),
+                    });
+                }
+                let positions = tree_positions(mask, n, past_len);
+                self.run_bucket(
+                    &mut exes[index],
+                    state,
+                    tokens,
+                    &positions,
+                    Some(mask),
+                    past_len,
+                    Some(wanted),
+                    logits_out,
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    fn bucket_index(&self, kind: BucketKind, n: usize) -> Result<usize> {
+        let plan = &self.inner.plan;
+        let bucket: &Bucket = plan.bucket_for(kind, n).ok_or_else(|| Error::InvalidOption {
+            name: "buckets",
+            message: format!("no {kind:?} bucket"),
+        })?;
+        plan.buckets
+            .iter()
+            .position(|b| std::ptr::eq(b, bucket))
+            .ok_or_else(|| Error::InvalidModel("bucket lookup failed".into()))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run_bucket(
+        &self,
+        exes: &mut BucketExecutables,
+        state: &mut SessionState,
+        tokens: &[u32],
+        positions: &[i32],
+        tree_mask: Option<&[u8]>,
+        past_len: usize,
+        rows: Option<LogitsWanted>,
+        logits_out: &mut Vec<f32>,
+    ) -> Result<()> {
+        let plan = &self.inner.plan;
+        let b = plan.boundaries;
+        let n = tokens.len();
+        let io_error = |what: &str| Error::InvalidModel(format!("session buffer {what} has the wrong size"));
+        {
+            let ids = state.boundaries[b.tokens.0]
+                .view_mut::<i32>()
+                .ok_or_else(|| io_error("tokens"))?;
+            for (dst, &t) in ids.iter_mut().zip(tokens) {
+                *dst = t as i32;
+            }
+            let pos = state.boundaries[b.positions.0]
+                .view_mut::<i32>()
+                .ok_or_else(|| io_error("positions"))?;
+            pos[..n].copy_from_slice(positions);
+        }
+        if let Some(mask) = tree_mask {
+            // The subgraph sees the mask as [W, W]: lay it out at the bucket width.
+            let width = exes.width;
+            let dst = state.boundaries[b.tree_mask.0].as_bytes_mut();
+            dst[..width * width].fill(0);
+            for i in 0..n {
+                dst[i * width..i * width + n].copy_from_slice(&mask[i * n..(i + 1) * n]);
+            }
+        }
+        let params = ExecParams {
+            n_valid: n,
+            past_len,
+        };
+        exes.embed.run(state, &params)?;
+        for block in &mut exes.blocks {
+            block.run(state, &params)?;
+        }
+        let vocab = self.inner.config.vocab_size;
+        let logits = match rows {
+            None => return Ok(()),
+            Some(LogitsWanted::Last) => {
+                exes.head_last.run(state, &params)?;
+                1
+            }
+            Some(LogitsWanted::All) => {
+                exes.head_all.run(state, &params)?;
+                n
+            }
+        };
+        let view = state.boundaries[b.logits.0]
+            .view::<f32>()
+            .ok_or_else(|| io_error("logits"))?;
+        logits_out.extend_from_slice(&view[..logits * vocab]);
+        Ok(())
+    }
+}
+
+/// Position of each tree row: its depth below the cached context.
+pub(crate) fn tree_positions(mask: &[u8], n: usize, past_len: usize) -> Vec<i32> {
+    (0..n)
+        .map(|i| {
+            let ancestors = (0..n).filter(|&j| j != i && mask[i * n + j] != 0).count();
+            (past_len + ancestors) as i32
+        })
+        .collect()
+}
+
+/// Reads one byte per page of the tensor data so the OS maps it in now.
+fn prefault(file: &GgufFile, progress: &mut impl FnMut(LoadProgress)) {
+    let bytes = file.bytes();
+    let total = bytes.len() as u64;
+    let step = 4096;
+    let report = 8 << 20;
+    let started = Instant::now();
+    let mut sum = 0u8;
+    for (i, chunk) in bytes.chunks(report).enumerate() {
+        for page in chunk.iter().step_by(step) {
+            sum = sum.wrapping_add(*page);
+        }
+        progress(LoadProgress {
+            stage: "mapping weights",
+            done: ((i + 1) * report).min(bytes.len()) as u64,
+            total,
+        });
+    }
+    std::hint::black_box((sum, started));
+}

@@ -1,0 +1,379 @@
+//! Sessions: a KV cache, the tokens it holds, and generation over it.
+
+use crate::engine::{Attend, Engine, LogitsWanted};
+use crate::sampler::{Sampler, SamplerConfig};
+use crate::tokenizer::StreamDecoder;
+use crate::{Error, Result};
+use coordgen_graph::SessionState;
+use std::time::{Duration, Instant};
+
+/// Why generation ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// The model produced an end-of-generation token (not part of the output).
+    EndOfGeneration,
+    /// The output reached one of the stop strings (cut before it).
+    StopString(String),
+    /// `max_tokens` were generated.
+    MaxTokens,
+    /// The KV cache is full.
+    ContextFull,
+    /// The streaming callback asked to stop.
+    Cancelled,
+}
+
+/// What to generate.
+#[derive(Clone, Debug)]
+pub struct GenerateParams {
+    pub max_tokens: usize,
+    pub sampler: SamplerConfig,
+    /// Generation ends when the text reaches one of these; it is cut before it.
+    pub stop: Vec<String>,
+}
+
+impl Default for GenerateParams {
+    fn default() -> Self {
+        GenerateParams {
+            max_tokens: 256,
+            sampler: SamplerConfig::greedy(),
+            stop: Vec::new(),
+        }
+    }
+}
+
+/// Wall-clock split of a request.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Timings {
+    /// Prompt tokens that were computed (not reused from the cache).
+    pub prefill_tokens: usize,
+    pub prefill: Duration,
+    pub decode_tokens: usize,
+    pub decode: Duration,
+}
+
+impl Timings {
+    pub fn prefill_tokens_per_second(&self) -> f64 {
+        rate(self.prefill_tokens, self.prefill)
+    }
+
+    pub fn decode_tokens_per_second(&self) -> f64 {
+        rate(self.decode_tokens, self.decode)
+    }
+}
+
+fn rate(n: usize, d: Duration) -> f64 {
+    if d.is_zero() {
+        0.0
+    } else {
+        n as f64 / d.as_secs_f64()
+    }
+}
+
+/// The result of [`Session::generate`].
+#[derive(Clone, Debug)]
+pub struct Generation {
+    /// Generated token ids (an end-of-generation token is not included).
+    pub tokens: Vec<u32>,
+    pub text: String,
+    pub stop_reason: StopReason,
+    /// Tokens of the prompt.
+    pub prompt_tokens: usize,
+    /// Prompt tokens whose KV was reused from the previous turn.
+    pub reused_tokens: usize,
+    pub timings: Timings,
+}
+
+/// A conversation's state: the KV cache and the tokens it holds.
+pub struct Session {
+    engine: Engine,
+    state: SessionState,
+    /// Tokens whose K/V are in the cache, in order.
+    history: Vec<u32>,
+    /// Logits after the last token of `history` (empty when unknown).
+    last_logits: Vec<f32>,
+    scratch_logits: Vec<f32>,
+    prefill_progress: Option<Box<dyn FnMut(usize, usize) + Send>>,
+}
+
+impl Session {
+    pub(crate) fn new(engine: Engine) -> Self {
+        let state = engine.new_state();
+        Session {
+            engine,
+            state,
+            history: Vec::new(),
+            last_logits: Vec::new(),
+            scratch_logits: Vec::new(),
+            prefill_progress: None,
+        }
+    }
+
+    /// Calls `f(done, total)` after each prefill chunk (for progress bars).
+    pub fn on_prefill_progress(&mut self, f: impl FnMut(usize, usize) + Send + 'static) {
+        self.prefill_progress = Some(Box::new(f));
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Tokens the cache holds.
+    pub fn history(&self) -> &[u32] {
+        &self.history
+    }
+
+    /// Logits after the last token of the history (empty before any prefill).
+    pub fn logits(&self) -> &[f32] {
+        &self.last_logits
+    }
+
+    /// Forgets everything.
+    pub fn reset(&mut self) {
+        self.history.clear();
+        self.last_logits.clear();
+    }
+
+    /// Makes the session hold exactly `tokens`, reusing the cached prefix they
+    /// share with what it holds, and computes the logits after the last one.
+    /// Returns how many tokens were reused.
+    pub fn set_tokens(&mut self, tokens: &[u32]) -> Result<usize> {
+        if tokens.is_empty() {
+            return Err(Error::EmptyPrompt);
+        }
+        let context = self.engine.context_length();
+        if tokens.len() > context {
+            return Err(Error::ContextOverflow {
+                needed: tokens.len(),
+                context,
+            });
+        }
+        let vocab = self.engine.config().vocab_size;
+        if let Some(&id) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(Error::TokenOutOfRange { id, vocab_size: vocab });
+        }
+        let mut common = self
+            .history
+            .iter()
+            .zip(tokens)
+            .take_while(|(a, b)| a == b)
+            .count();
+        if common == tokens.len() && self.history.len() == tokens.len() && !self.last_logits.is_empty() {
+            return Ok(common);
+        }
+        // At least one token must run to produce logits.
+        common = common.min(tokens.len() - 1);
+        self.history.truncate(common);
+        self.last_logits.clear();
+        self.append(&tokens[common..])?;
+        Ok(common)
+    }
+
+    /// Appends `tokens` after the history and computes the logits after the
+    /// last one. On error the session is left as it was before the call.
+    pub fn append(&mut self, tokens: &[u32]) -> Result<()> {
+        let past = self.history.len();
+        let mut logits = std::mem::take(&mut self.scratch_logits);
+        let mut no_progress = |_: usize, _: usize| {};
+        let progress: &mut dyn FnMut(usize, usize) = match (&mut self.prefill_progress, tokens.len() > 1) {
+            (Some(f), true) => f.as_mut(),
+            _ => &mut no_progress,
+        };
+        let result = self.engine.forward(
+            &mut self.state,
+            tokens,
+            past,
+            Attend::Causal,
+            LogitsWanted::Last,
+            &mut logits,
+            progress,
+        );
+        if let Err(e) = result {
+            self.scratch_logits = logits;
+            // Slots after `past` may hold partial writes; they are unused.
+            return Err(e);
+        }
+        self.history.extend_from_slice(tokens);
+        self.scratch_logits = std::mem::replace(&mut self.last_logits, logits);
+        Ok(())
+    }
+
+    /// Teacher forcing: appends `tokens` and returns the logits after each of
+    /// them (`tokens.len() * vocab` values).
+    pub fn append_all_logits(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let past = self.history.len();
+        let mut logits = Vec::new();
+        self.engine.forward(
+            &mut self.state,
+            tokens,
+            past,
+            Attend::Causal,
+            LogitsWanted::All,
+            &mut logits,
+            &mut |_, _| {},
+        )?;
+        self.history.extend_from_slice(tokens);
+        let vocab = self.engine.config().vocab_size;
+        self.last_logits.clear();
+        self.last_logits
+            .extend_from_slice(&logits[logits.len() - vocab..]);
+        Ok(logits)
+    }
+
+    /// Evaluates a token tree after the history without committing it:
+    /// returns the logits after every node. `mask[i * n + j] != 0` when node
+    /// `i` sees node `j` (its ancestors and itself).
+    pub fn eval_tree(&mut self, tokens: &[u32], mask: &[u8]) -> Result<Vec<f32>> {
+        let mut logits = Vec::new();
+        self.engine.forward(
+            &mut self.state,
+            tokens,
+            self.history.len(),
+            Attend::Tree(mask),
+            LogitsWanted::All,
+            &mut logits,
+            &mut |_, _| {},
+        )?;
+        Ok(logits)
+    }
+
+    /// Continues `prompt` (a full token sequence: the cached prefix it shares
+    /// with the session's history is reused), streaming text pieces to
+    /// `on_text` as they complete. `on_text` returns `false` to cancel.
+    pub fn generate(
+        &mut self,
+        prompt: &[u32],
+        params: &GenerateParams,
+        mut on_text: impl FnMut(&str) -> bool,
+    ) -> Result<Generation> {
+        let mut sampler = Sampler::new(params.sampler.clone())?;
+        let started = Instant::now();
+        let reused = self.set_tokens(prompt)?;
+        let mut timings = Timings {
+            prefill_tokens: prompt.len() - reused,
+            prefill: started.elapsed(),
+            ..Timings::default()
+        };
+        let decode_started = Instant::now();
+        let engine = self.engine.clone();
+        let tokenizer = engine.tokenizer();
+        let context = self.engine.context_length();
+        let mut decoder = StreamDecoder::new();
+        let mut stops = StopMatcher::new(&params.stop);
+        let mut generated = Vec::new();
+        let mut text = String::new();
+        let mut stop_reason = StopReason::MaxTokens;
+        while generated.len() < params.max_tokens {
+            let token = sampler.sample(&self.last_logits, &self.history);
+            if tokenizer.is_end_of_generation(token) {
+                stop_reason = StopReason::EndOfGeneration;
+                break;
+            }
+            generated.push(token);
+            let piece = decoder.push(tokenizer, token)?;
+            let (emit, hit) = stops.push(&piece);
+            text.push_str(&emit);
+            if !emit.is_empty() && !on_text(&emit) {
+                stop_reason = StopReason::Cancelled;
+                break;
+            }
+            if let Some(stop) = hit {
+                stop_reason = StopReason::StopString(stop);
+                break;
+            }
+            if generated.len() == params.max_tokens {
+                break;
+            }
+            if self.history.len() >= context {
+                stop_reason = StopReason::ContextFull;
+                break;
+            }
+            self.append(&[token])?;
+            timings.decode_tokens += 1;
+        }
+        if !matches!(stop_reason, StopReason::StopString(_) | StopReason::Cancelled) {
+            let rest = stops.finish(&decoder.finish());
+            text.push_str(&rest);
+            if !rest.is_empty() {
+                on_text(&rest);
+            }
+        }
+        timings.decode = decode_started.elapsed();
+        Ok(Generation {
+            tokens: generated,
+            text,
+            stop_reason,
+            prompt_tokens: prompt.len(),
+            reused_tokens: reused,
+            timings,
+        })
+    }
+}
+
+/// Holds back streamed text that could be the start of a stop string.
+struct StopMatcher {
+    stops: Vec<String>,
+    pending: String,
+}
+
+impl StopMatcher {
+    fn new(stops: &[String]) -> Self {
+        StopMatcher {
+            stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(),
+            pending: String::new(),
+        }
+    }
+
+    /// Adds a piece; returns the text safe to emit and the stop string hit, if any.
+    fn push(&mut self, piece: &str) -> (String, Option<String>) {
+        self.pending.push_str(piece);
+        let hit = self
+            .stops
+            .iter()
+            .filter_map(|s| self.pending.find(s.as_str()).map(|at| (at, s)))
+            .min_by_key(|(at, _)| *at);
+        if let Some((at, stop)) = hit {
+            let emit = self.pending[..at].to_string();
+            let stop = stop.clone();
+            self.pending.clear();
+            return (emit, Some(stop));
+        }
+        // Keep the longest suffix that is a prefix of some stop string.
+        let mut keep = 0;
+        for s in &self.stops {
+            for (i, _) in self.pending.char_indices() {
+                let suffix = &self.pending[i..];
+                if s.starts_with(suffix) {
+                    keep = keep.max(suffix.len());
+                    break;
+                }
+            }
+        }
+        let cut = self.pending.len() - keep;
+        let emit = self.pending[..cut].to_string();
+        self.pending.drain(..cut);
+        (emit, None)
+    }
+
+    fn finish(&mut self, tail: &str) -> String {
+        let mut rest = std::mem::take(&mut self.pending);
+        rest.push_str(tail);
+        rest
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StopMatcher;
+
+    #[test]
+    fn stop_strings_hold_back_partial_matches() {
+        let mut m = StopMatcher::new(&["\nUser:".to_string()]);
+        assert_eq!(m.push("Hello"), ("Hello".to_string(), None));
+        assert_eq!(m.push(" world\nUs"), (" world".to_string(), None));
+        assert_eq!(m.push("er: hi"), (String::new(), Some("\nUser:".to_string())));
+        let mut m = StopMatcher::new(&["END".to_string()]);
+        assert_eq!(m.push("E"), (String::new(), None));
+        assert_eq!(m.push("x"), ("Ex".to_string(), None));
+        assert_eq!(m.finish("E"), "E");
+    }
+}
