@@ -90,7 +90,7 @@ pub fn attention(
         return Ok(());
     }
     let kv_stride = n_kv_heads * head_dim;
-    if k_cache.len() % kv_stride != 0 {
+    if !k_cache.len().is_multiple_of(kv_stride) {
         return Err(Error::NotMultiple {
             what: "k_cache.len()",
             multiple_of: kv_stride,

@@ -114,7 +114,7 @@ pub fn matmul(
         got: rows,
     })?;
     if w.is_quantized() {
-        if cols % QK != 0 {
+        if !cols.is_multiple_of(QK) {
             return Err(Error::NotMultiple {
                 what: "cols",
                 multiple_of: QK,

@@ -58,7 +58,7 @@ pub fn rope_norm_inplace(
     pos: i32,
     theta_base: f32,
 ) -> Result<(), Error> {
-    if head_dim % 2 != 0 {
+    if !head_dim.is_multiple_of(2) {
         return Err(Error::NotMultiple {
             what: "head_dim",
             multiple_of: 2,

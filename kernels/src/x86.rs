@@ -454,6 +454,41 @@ fn block_dot_nibbles(qs: &[u8; QK / 2], offset: i32, y: &[i8; QK]) -> i32 {
     sumi
 }
 
+/// Scale lanes for [`avx512vnni_q4_1_pair`]: the products come as
+/// `[dx_a·dy_a, mx_a·sy_a, dx_b·dy_b, mx_b·sy_b]`; lane 0 feeds block a's
+/// eight i32 lanes, lane 2 block b's.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn q4_1_scale_index() -> __m512i {
+    _mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0)
+}
+
+/// Blocks `$b` and `$b + 1` of Q4_1 row `$x` against the `R` Q8_1 rows `$y`,
+/// accumulated into `$acc` (d terms, 16 lanes) and `$acc_ms` (m·s terms in
+/// lanes 1 and 3). A macro rather than a function: LLVM does not inline
+/// `#[target_feature]` helpers that take arrays of accumulators by reference,
+/// and the call would cost as much as the work.
+macro_rules! avx512vnni_q4_1_pair {
+    ($x:expr, $y:expr, $b:expr, $acc:expr, $acc_ms:expr) => {{
+        let b = $b;
+        let (xa, xb) = (&$x[b], &$x[b + 1]);
+        let qx = avx512_bytes_from_nibbles_x2(&xa.qs, &xb.qs);
+        let sx = f16x4_to_f32x4(xa.d, xa.m, xb.d, xb.m);
+        for r in 0..R {
+            let (ya, yb) = (&$y[r][b], &$y[r][b + 1]);
+            let qy = avx512_load_i8x64(&ya.qs, &yb.qs);
+            let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), qx, qy);
+            let s = _mm_mul_ps(sx, f16x4_to_f32x4(ya.d, ya.s, yb.d, yb.s));
+            $acc_ms[r] = _mm_add_ps($acc_ms[r], s);
+            $acc[r] = _mm512_fmadd_ps(
+                avx512_two_scales(s, q4_1_scale_index()),
+                _mm512_cvtepi32_ps(dot),
+                $acc[r],
+            );
+        }
+    }};
+}
+
 /// # Safety
 /// The CPU must support AVX-512 F/BW/VL, AVX-512 VNNI, AVX2, FMA and F16C.
 /// Every `y[r]` must have at least `x.len()` blocks.
@@ -462,29 +497,21 @@ unsafe fn avx512vnni_dot_q4_1_q8_1_rows<const R: usize>(
     x: &[BlockQ4_1],
     y: [&[BlockQ8_1]; R],
 ) -> [f32; R] {
-    // Scales come as [dx_a, mx_a, dx_b, mx_b] · [dy_a, sy_a, dy_b, sy_b]:
-    // lanes 0 and 2 are the d products, lanes 1 and 3 the m·s terms.
-    let idx = _mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0);
-    let mut acc = [_mm512_setzero_ps(); R];
-    let mut acc_ms = [_mm_setzero_ps(); R];
-    let pairs = x.len() / 2;
-    for p in 0..pairs {
-        let (xa, xb) = (&x[2 * p], &x[2 * p + 1]);
-        let qx = avx512_bytes_from_nibbles_x2(&xa.qs, &xb.qs);
-        let sx = f16x4_to_f32x4(xa.d, xa.m, xb.d, xb.m);
-        for r in 0..R {
-            let (ya, yb) = (&y[r][2 * p], &y[r][2 * p + 1]);
-            let qy = avx512_load_i8x64(&ya.qs, &yb.qs);
-            let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), qx, qy);
-            let s = _mm_mul_ps(sx, f16x4_to_f32x4(ya.d, ya.s, yb.d, yb.s));
-            acc_ms[r] = _mm_add_ps(acc_ms[r], s);
-            acc[r] = _mm512_fmadd_ps(avx512_two_scales(s, idx), _mm512_cvtepi32_ps(dot), acc[r]);
-        }
+    // Two accumulator sets (even / odd pair) hide the FMA latency.
+    let mut acc = [[_mm512_setzero_ps(); R]; 2];
+    let mut acc_ms = [[_mm_setzero_ps(); R]; 2];
+    let quads = x.len() / 4;
+    for q in 0..quads {
+        avx512vnni_q4_1_pair!(x, y, 4 * q, acc[0], acc_ms[0]);
+        avx512vnni_q4_1_pair!(x, y, 4 * q + 2, acc[1], acc_ms[1]);
+    }
+    if x.len() % 4 >= 2 {
+        avx512vnni_q4_1_pair!(x, y, 4 * quads, acc[0], acc_ms[0]);
     }
     let mut out = [0.0f32; R];
     for r in 0..R {
-        let ms = acc_ms[r];
-        let mut sum = _mm512_reduce_add_ps(acc[r])
+        let ms = _mm_add_ps(acc_ms[0][r], acc_ms[1][r]);
+        let mut sum = _mm512_reduce_add_ps(_mm512_add_ps(acc[0][r], acc[1][r]))
             + (_mm_cvtss_f32(_mm_movehdup_ps(ms)) + _mm_cvtss_f32(_mm_shuffle_ps::<3>(ms, ms)));
         if x.len() % 2 == 1 {
             let (bx, by) = (&x[x.len() - 1], &y[r][x.len() - 1]);

@@ -1,0 +1,61 @@
+//! Quick single-thread kernel timings (min over repetitions, robust to a noisy host):
+//! `cargo run -p coordgen-kernels --release --example kernel_speed`.
+use coordgen_kernels::quant::*;
+use coordgen_kernels::{KernelSet, Tier};
+use std::hint::black_box;
+use std::time::Instant;
+
+fn min_ns(reps: usize, inner: usize, mut f: impl FnMut()) -> f64 {
+    let mut best = f64::MAX;
+    for _ in 0..reps {
+        let t = Instant::now();
+        for _ in 0..inner {
+            f();
+        }
+        best = best.min(t.elapsed().as_nanos() as f64 / inner as f64);
+    }
+    best
+}
+
+fn main() {
+    let nb = 18; // 576 columns
+    let xf: Vec<f32> = (0..nb * QK)
+        .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+        .collect();
+    let mut q41 = vec![BlockQ4_1::default(); nb];
+    quantize_row_q4_1(&xf, &mut q41);
+    let mut q80 = vec![BlockQ8_0::default(); nb];
+    quantize_row_q8_0(&xf, &mut q80);
+    let mut q81 = vec![BlockQ8_1::default(); nb];
+    quantize_row_q8_1(&xf, &mut q81);
+    for tier in [Tier::Scalar, Tier::Avx2, Tier::Avx512Vnni] {
+        let Some(ks) = KernelSet::for_tier(tier) else {
+            continue;
+        };
+        let t1 = min_ns(50, 2000, || {
+            black_box((ks.vec_dot_q4_1_q8_1)(black_box(&q41), black_box(&q81)));
+        });
+        let t4 = min_ns(50, 2000, || {
+            black_box((ks.vec_dot_q4_1_q8_1_x4)(
+                black_box(&q41),
+                [&q81, &q81, &q81, &q81],
+            ));
+        });
+        let t8 = min_ns(50, 2000, || {
+            black_box((ks.vec_dot_q8_0_q8_0)(black_box(&q80), black_box(&q80)));
+        });
+        let t84 = min_ns(50, 2000, || {
+            black_box((ks.vec_dot_q8_0_q8_0_x4)(
+                black_box(&q80),
+                [&q80, &q80, &q80, &q80],
+            ));
+        });
+        let tq = min_ns(50, 2000, || {
+            (ks.quantize_row_q8_1)(black_box(&xf), &mut q81);
+        });
+        println!(
+            "{tier:>11}: q4_1·q8_1 {:.2} ns/block, x4 {:.2} ns/block/row | q8_0·q8_0 {:.2} ns/block, x4 {:.2} | quantize q8_1 {:.2} ns/block",
+            t1 / nb as f64, t4 / nb as f64 / 4.0, t8 / nb as f64, t84 / nb as f64 / 4.0, tq / nb as f64
+        );
+    }
+}
