@@ -19,7 +19,128 @@ pub enum Error {
     },
 
     // === GGUF ===
-    // (GGUF reader variants go here.)
+    /// The file does not start with the four bytes `GGUF`.
+    #[error("not a GGUF file: magic bytes are {found:02x?}, expected \"GGUF\"")]
+    BadMagic { found: [u8; 4] },
+    /// A GGUF version other than 2 or 3 (v1, a future version, or a
+    /// big-endian file whose version reads byte-swapped).
+    #[error("unsupported GGUF version {version} (supported: 2 and 3)")]
+    UnsupportedVersion { version: u32 },
+    /// A fixed-size field (or the tensor data section) extends past the end
+    /// of the file. `item` names the metadata key or tensor being read.
+    #[error("GGUF file truncated: {what} of {item} at offset {offset} needs {needed} bytes, but the file is {file_len} bytes")]
+    TruncatedFile {
+        item: String,
+        what: &'static str,
+        offset: u64,
+        needed: u64,
+        file_len: u64,
+    },
+    /// A length or count read from the file (string length, array length,
+    /// tensor or metadata count) cannot fit in the bytes that remain.
+    #[error("GGUF {what} of {item} at offset {offset} is {length}, more than the {remaining} bytes left in the file")]
+    LengthPastEnd {
+        item: String,
+        what: &'static str,
+        offset: u64,
+        length: u64,
+        remaining: u64,
+    },
+    /// A string (metadata key, string value or tensor name) is not UTF-8.
+    #[error("GGUF string of {item} at offset {offset} is not valid UTF-8")]
+    NonUtf8String { item: String, offset: u64 },
+    /// A metadata value (or array element) type id outside 0..=12.
+    #[error("GGUF metadata key {key:?}: unknown value type id {type_id} at offset {offset}")]
+    UnknownMetaType {
+        key: String,
+        type_id: u32,
+        offset: u64,
+    },
+    /// A boolean metadata value that is neither 0 nor 1.
+    #[error(
+        "GGUF metadata key {key:?}: boolean byte {byte} at offset {offset} is neither 0 nor 1"
+    )]
+    InvalidBool { key: String, offset: u64, byte: u8 },
+    /// Arrays nested deeper than the reader allows (bounds the recursion).
+    #[error("GGUF metadata key {key:?}: arrays nested deeper than {max_depth}")]
+    NestingTooDeep { key: String, max_depth: usize },
+    /// The same metadata key appears twice.
+    #[error("GGUF metadata key {key:?} appears more than once")]
+    DuplicateKey { key: String },
+    /// The same tensor name appears twice.
+    #[error("GGUF tensor {name:?} appears more than once")]
+    DuplicateTensor { name: String },
+    /// `general.alignment` is zero, not a power of two, or above `u32::MAX`.
+    #[error("GGUF general.alignment = {value} is not a nonzero power of two that fits in u32")]
+    BadAlignment { value: u64 },
+    /// A tensor with more than 4 dimensions.
+    #[error("GGUF tensor {name:?} has {n_dims} dimensions (at most 4 are allowed)")]
+    TooManyDims { name: String, n_dims: u32 },
+    /// A tensor whose element count or byte size overflows `u64`.
+    #[error("GGUF tensor {name:?}: size of dims {dims:?} overflows")]
+    TensorSizeOverflow { name: String, dims: Vec<u64> },
+    /// A quantized tensor whose first dimension is not a whole number of blocks.
+    #[error("GGUF tensor {name:?}: first dimension {ne0} is not a multiple of the {ty} block length {block_len}")]
+    RowNotBlockAligned {
+        name: String,
+        ty: &'static str,
+        ne0: u64,
+        block_len: u64,
+    },
+    /// A known ggml tensor type this engine does not implement (Q5_0, K-quants, ...).
+    #[error("GGUF tensor {name:?}: ggml type {type_id} ({}) is not supported (supported: F32, F16, BF16, Q4_0, Q4_1, Q8_0)", crate::gguf::ggml_type_name(*type_id).unwrap_or("?"))]
+    UnsupportedTensorType { name: String, type_id: u32 },
+    /// A ggml tensor type id that no known ggml version defines.
+    #[error("GGUF tensor {name:?}: unknown ggml type id {type_id}")]
+    UnknownTensorType { name: String, type_id: u32 },
+    /// Tensor data that does not lie inside the data section.
+    #[error("GGUF tensor {name:?}: data [{offset}, +{n_bytes}) lies outside the {data_len}-byte data section")]
+    TensorOutOfBounds {
+        name: String,
+        offset: u64,
+        n_bytes: u64,
+        data_len: u64,
+    },
+    /// A tensor data offset that is not a multiple of the file's alignment.
+    #[error(
+        "GGUF tensor {name:?}: data offset {offset} is not a multiple of the alignment {alignment}"
+    )]
+    MisalignedTensor {
+        name: String,
+        offset: u64,
+        alignment: u64,
+    },
+    /// A required metadata key is absent.
+    #[error("GGUF metadata key {key:?} is missing")]
+    MissingKey { key: String },
+    /// A metadata value has a different type than the caller needs.
+    #[error("GGUF metadata key {key:?}: expected {expected}, found {found}")]
+    WrongMetaType {
+        key: String,
+        expected: &'static str,
+        found: &'static str,
+    },
+    /// A numeric metadata value does not fit the type the caller needs.
+    #[error("GGUF metadata key {key:?}: value {value} does not fit in {expected}")]
+    MetaOutOfRange {
+        key: String,
+        expected: &'static str,
+        value: String,
+    },
+    /// `GgufWriter::add_tensor` got a byte buffer of the wrong size.
+    #[error("GGUF writer: tensor {name:?} needs {expected} bytes of data, got {actual}")]
+    TensorDataSize {
+        name: String,
+        expected: u64,
+        actual: u64,
+    },
+    /// `GgufWriter::write_to` failed to write the file.
+    #[error("cannot write GGUF file {path}: {source}")]
+    GgufWrite {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 
     // === Tokenizer and chat template ===
     // (Tokenizer / template variants go here.)
