@@ -143,7 +143,35 @@ pub enum Error {
     },
 
     // === Tokenizer and chat template ===
-    // (Tokenizer / template variants go here.)
+    /// A token id at or past the end of the vocabulary (decode, token_text).
+    #[error("token id {id} is out of range for a vocabulary of {vocab_size} tokens")]
+    TokenIdOutOfRange { id: u32, vocab_size: usize },
+    /// `tokenizer.ggml.model` other than `gpt2` (byte-level BPE).
+    #[error("tokenizer model {model:?} is not supported (supported: \"gpt2\", byte-level BPE)")]
+    UnsupportedTokenizerModel { model: String },
+    /// A `tokenizer.ggml.pre` type this engine has no pre-tokenizer for.
+    #[error("pre-tokenizer {pre:?} is not supported (supported: smollm, llama3/llama-bpe, qwen2, gpt-2, default)")]
+    UnsupportedPreTokenizer { pre: String },
+    /// Tokenizer data that cannot form a vocabulary (duplicate or missing
+    /// tokens, mismatched arrays, a special id outside the vocabulary).
+    #[error("invalid tokenizer vocabulary: {reason}")]
+    InvalidVocab { reason: String },
+    /// The model asks for BOS/EOS to be added but names no such token.
+    #[error("the tokenizer must add a {which} token but the model defines none")]
+    MissingSpecialToken { which: &'static str },
+    /// The pre-tokenizer regex gave up on the input (backtrack limit).
+    #[error("pre-tokenizer failed: {reason}")]
+    PreTokenizer { reason: String },
+    /// The chat template does not parse.
+    #[error("chat template does not compile: {message}")]
+    TemplateSyntax { message: String },
+    /// Rendering the chat template failed.
+    #[error("chat template rendering failed: {message}")]
+    TemplateRender { message: String },
+    /// The chat template called `raise_exception(message)`, which templates
+    /// use to reject conversations they cannot format.
+    #[error("chat template raised an exception: {message}")]
+    TemplateException { message: String },
 
     // === Model, graph and backend ===
     #[error("graph compiler: {0}")]
