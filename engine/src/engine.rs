@@ -8,7 +8,8 @@ use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 use coordgen_cpu::CpuBackend;
 use coordgen_graph::{
-    lower, Backend, Bucket, BucketKind, ExecParams, Executable, ModelConfig, Plan, PlanOptions, SessionState,
+    lower, Backend, Bucket, BucketKind, ExecParams, Executable, ModelConfig, Plan, PlanOptions,
+    SessionState,
 };
 use coordgen_kernels::{KernelSet, Tier};
 use std::path::{Path, PathBuf};
@@ -94,6 +95,15 @@ pub enum LogitsWanted {
     All,
 }
 
+/// One forward pass: `tokens` after `past_len` cached ones.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Pass<'a> {
+    pub tokens: &'a [u32],
+    pub past_len: usize,
+    pub attend: Attend<'a>,
+    pub wanted: LogitsWanted,
+}
+
 /// How the tokens of one forward pass see each other.
 #[derive(Clone, Copy, Debug)]
 pub enum Attend<'a> {
@@ -162,7 +172,11 @@ impl Engine {
         if options.prefault {
             prefault(&file, &mut progress);
         }
-        let total = plan.buckets.iter().map(|b| b.subgraphs().count()).sum::<usize>() as u64;
+        let total = plan
+            .buckets
+            .iter()
+            .map(|b| b.subgraphs().count())
+            .sum::<usize>() as u64;
         let mut done = 0u64;
         let mut compile = |g: &coordgen_graph::Subgraph| -> Result<Box<dyn Executable>> {
             let exe = backend.compile(g, &weights)?;
@@ -179,7 +193,11 @@ impl Engine {
             executables.push(BucketExecutables {
                 width: bucket.width,
                 embed: compile(&bucket.embed)?,
-                blocks: bucket.blocks.iter().map(&mut compile).collect::<Result<_>>()?,
+                blocks: bucket
+                    .blocks
+                    .iter()
+                    .map(&mut compile)
+                    .collect::<Result<_>>()?,
                 head_last: compile(&bucket.head_last)?,
                 head_all: compile(&bucket.head_all)?,
             });
@@ -266,20 +284,26 @@ impl Engine {
     pub(crate) fn forward(
         &self,
         state: &mut SessionState,
-        tokens: &[u32],
-        past_len: usize,
-        attend: Attend,
-        wanted: LogitsWanted,
+        pass: Pass,
         logits_out: &mut Vec<f32>,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<()> {
+        let Pass {
+            tokens,
+            past_len,
+            attend,
+            wanted,
+        } = pass;
         let inner = &*self.inner;
         let vocab = inner.config.vocab_size;
         if tokens.is_empty() {
             return Err(Error::EmptyPrompt);
         }
         if let Some(&id) = tokens.iter().find(|&&t| t as usize >= vocab) {
-            return Err(Error::TokenOutOfRange { id, vocab_size: vocab });
+            return Err(Error::TokenOutOfRange {
+                id,
+                vocab_size: vocab,
+            });
         }
         let capacity = self.context_length();
         if past_len + tokens.len() > capacity {
@@ -308,14 +332,24 @@ impl Engine {
                     let n = (tokens.len() - done).min(max_chunk);
                     let index = self.bucket_index(BucketKind::Prefill, n)?;
                     let chunk = &tokens[done..done + n];
-                    let positions: Vec<i32> = (0..n).map(|i| (past_len + done + i) as i32).collect();
+                    let positions: Vec<i32> =
+                        (0..n).map(|i| (past_len + done + i) as i32).collect();
                     let last_chunk = done + n == tokens.len();
                     let rows = match (wanted, last_chunk) {
                         (LogitsWanted::All, _) => Some(LogitsWanted::All),
                         (LogitsWanted::Last, true) => Some(LogitsWanted::Last),
                         (LogitsWanted::Last, false) => None,
                     };
-                    self.run_bucket(&mut exes[index], state, chunk, &positions, None, past_len + done, rows, logits_out)?;
+                    self.run_bucket(
+                        &mut exes[index],
+                        state,
+                        chunk,
+                        &positions,
+                        None,
+                        past_len + done,
+                        rows,
+                        logits_out,
+                    )?;
                     done += n;
                     progress(done, tokens.len());
                 }
@@ -354,10 +388,12 @@ impl Engine {
 
     fn bucket_index(&self, kind: BucketKind, n: usize) -> Result<usize> {
         let plan = &self.inner.plan;
-        let bucket: &Bucket = plan.bucket_for(kind, n).ok_or_else(|| Error::InvalidOption {
-            name: "buckets",
-            message: format!("no {kind:?} bucket"),
-        })?;
+        let bucket: &Bucket = plan
+            .bucket_for(kind, n)
+            .ok_or_else(|| Error::InvalidOption {
+                name: "buckets",
+                message: format!("no {kind:?} bucket"),
+            })?;
         plan.buckets
             .iter()
             .position(|b| std::ptr::eq(b, bucket))
@@ -379,7 +415,8 @@ impl Engine {
         let plan = &self.inner.plan;
         let b = plan.boundaries;
         let n = tokens.len();
-        let io_error = |what: &str| Error::InvalidModel(format!("session buffer {what} has the wrong size"));
+        let io_error =
+            |what: &str| Error::InvalidModel(format!("session buffer {what} has the wrong size"));
         {
             let ids = state.boundaries[b.tokens.0]
                 .view_mut::<i32>()

@@ -1,6 +1,6 @@
 //! Sessions: a KV cache, the tokens it holds, and generation over it.
 
-use crate::engine::{Attend, Engine, LogitsWanted};
+use crate::engine::{Attend, Engine, LogitsWanted, Pass};
 use crate::sampler::{Sampler, SamplerConfig};
 use crate::tokenizer::StreamDecoder;
 use crate::{Error, Result};
@@ -149,7 +149,10 @@ impl Session {
         }
         let vocab = self.engine.config().vocab_size;
         if let Some(&id) = tokens.iter().find(|&&t| t as usize >= vocab) {
-            return Err(Error::TokenOutOfRange { id, vocab_size: vocab });
+            return Err(Error::TokenOutOfRange {
+                id,
+                vocab_size: vocab,
+            });
         }
         let mut common = self
             .history
@@ -157,7 +160,10 @@ impl Session {
             .zip(tokens)
             .take_while(|(a, b)| a == b)
             .count();
-        if common == tokens.len() && self.history.len() == tokens.len() && !self.last_logits.is_empty() {
+        if common == tokens.len()
+            && self.history.len() == tokens.len()
+            && !self.last_logits.is_empty()
+        {
             return Ok(common);
         }
         // At least one token must run to produce logits.
@@ -174,16 +180,19 @@ impl Session {
         let past = self.history.len();
         let mut logits = std::mem::take(&mut self.scratch_logits);
         let mut no_progress = |_: usize, _: usize| {};
-        let progress: &mut dyn FnMut(usize, usize) = match (&mut self.prefill_progress, tokens.len() > 1) {
-            (Some(f), true) => f.as_mut(),
-            _ => &mut no_progress,
-        };
+        let progress: &mut dyn FnMut(usize, usize) =
+            match (&mut self.prefill_progress, tokens.len() > 1) {
+                (Some(f), true) => f.as_mut(),
+                _ => &mut no_progress,
+            };
         let result = self.engine.forward(
             &mut self.state,
-            tokens,
-            past,
-            Attend::Causal,
-            LogitsWanted::Last,
+            Pass {
+                tokens,
+                past_len: past,
+                attend: Attend::Causal,
+                wanted: LogitsWanted::Last,
+            },
             &mut logits,
             progress,
         );
@@ -204,10 +213,12 @@ impl Session {
         let mut logits = Vec::new();
         self.engine.forward(
             &mut self.state,
-            tokens,
-            past,
-            Attend::Causal,
-            LogitsWanted::All,
+            Pass {
+                tokens,
+                past_len: past,
+                attend: Attend::Causal,
+                wanted: LogitsWanted::All,
+            },
             &mut logits,
             &mut |_, _| {},
         )?;
@@ -226,10 +237,12 @@ impl Session {
         let mut logits = Vec::new();
         self.engine.forward(
             &mut self.state,
-            tokens,
-            self.history.len(),
-            Attend::Tree(mask),
-            LogitsWanted::All,
+            Pass {
+                tokens,
+                past_len: self.history.len(),
+                attend: Attend::Tree(mask),
+                wanted: LogitsWanted::All,
+            },
             &mut logits,
             &mut |_, _| {},
         )?;
@@ -290,7 +303,10 @@ impl Session {
             self.append(&[token])?;
             timings.decode_tokens += 1;
         }
-        if !matches!(stop_reason, StopReason::StopString(_) | StopReason::Cancelled) {
+        if !matches!(
+            stop_reason,
+            StopReason::StopString(_) | StopReason::Cancelled
+        ) {
             let rest = stops.finish(&decoder.finish());
             text.push_str(&rest);
             if !rest.is_empty() {
@@ -370,7 +386,10 @@ mod tests {
         let mut m = StopMatcher::new(&["\nUser:".to_string()]);
         assert_eq!(m.push("Hello"), ("Hello".to_string(), None));
         assert_eq!(m.push(" world\nUs"), (" world".to_string(), None));
-        assert_eq!(m.push("er: hi"), (String::new(), Some("\nUser:".to_string())));
+        assert_eq!(
+            m.push("er: hi"),
+            (String::new(), Some("\nUser:".to_string()))
+        );
         let mut m = StopMatcher::new(&["END".to_string()]);
         assert_eq!(m.push("E"), (String::new(), None));
         assert_eq!(m.push("x"), ("Ex".to_string(), None));

@@ -1,1 +1,59 @@
-//! coordgen-tests: integration tests live in tests/tests/.
+//! Shared helpers of coordgen's integration tests (in `tests/tests/`).
+//!
+//! Tests that need the default model skip with a note when it is absent,
+//! unless `COORDGEN_REQUIRE_MODEL=1` (set by `tools/test` and CI), where a
+//! missing model fails them.
+
+use std::path::PathBuf;
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default()
+}
+
+/// The default model, or `None` (after printing why) when a test may skip.
+pub fn default_model() -> Option<PathBuf> {
+    let path = std::env::var_os("COORDGEN_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf"));
+    if path.is_file() {
+        return Some(path);
+    }
+    if std::env::var("COORDGEN_REQUIRE_MODEL").is_ok_and(|v| v == "1") {
+        panic!(
+            "the default model is missing at {} (run tools/fetch-model)",
+            path.display()
+        );
+    }
+    eprintln!(
+        "note: skipping, no model at {} (run tools/fetch-model)",
+        path.display()
+    );
+    None
+}
+
+/// A committed fixture from `tests/fixtures/`, parsed.
+pub fn fixture(name: &str) -> Option<serde_json::Value> {
+    let path = workspace_root().join("tests/fixtures").join(name);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Some(serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))),
+        Err(_) => {
+            eprintln!("note: skipping, fixture {} is missing", path.display());
+            None
+        }
+    }
+}
+
+/// Loads the default model with small buckets for tests (`None`: skip).
+pub fn engine() -> Option<coordgen::Engine> {
+    let path = default_model()?;
+    let options = coordgen::EngineOptions {
+        context_length: 2048,
+        prefault: false,
+        ..coordgen::EngineOptions::default()
+    };
+    Some(coordgen::Engine::load(path, options).unwrap_or_else(|e| panic!("loading the model: {e}")))
+}

@@ -1,0 +1,255 @@
+//! Engine behaviour on the default model: batch invariance, KV reuse across
+//! turns, tree evaluation, stop conditions, and bad input that must leave the
+//! session usable.
+
+use coordgen::{ChatMessage, Error, GenerateParams, SamplerConfig, StopReason};
+use coordgen_tests::engine;
+
+fn prompt_tokens(engine: &coordgen::Engine, text: &str) -> Vec<u32> {
+    let rendered = engine.render_chat(&[ChatMessage::user(text)]).unwrap();
+    engine.tokenize_chat(&rendered).unwrap()
+}
+
+fn argmax(v: &[f32]) -> u32 {
+    coordgen::sampler::argmax(v)
+}
+
+#[test]
+fn chunked_prefill_and_token_by_token_decode_give_identical_logits() {
+    let Some(engine) = engine() else { return };
+    let tokens = prompt_tokens(
+        &engine,
+        "Explain in one paragraph why the sky is blue, and mention Rayleigh.",
+    );
+    assert!(tokens.len() > 20);
+    let vocab = engine.config().vocab_size;
+
+    let mut batched = engine.session();
+    let all = batched.append_all_logits(&tokens).unwrap();
+    let mut one_by_one = engine.session();
+    for (i, &t) in tokens.iter().enumerate() {
+        one_by_one.append(&[t]).unwrap();
+        let row = &all[i * vocab..(i + 1) * vocab];
+        assert!(
+            row == one_by_one.logits(),
+            "position {i}: batched and one-token logits differ"
+        );
+    }
+}
+
+#[test]
+fn a_chain_tree_in_a_verify_bucket_equals_sequential_decoding() {
+    let Some(engine) = engine() else { return };
+    let tokens = prompt_tokens(&engine, "Count from one to ten in words.");
+    let vocab = engine.config().vocab_size;
+    let mut session = engine.session();
+    session.set_tokens(&tokens).unwrap();
+    // Greedy-continue 5 tokens sequentially.
+    let mut seq = Vec::new();
+    let mut seq_logits = Vec::new();
+    let mut reference = engine.session();
+    reference.set_tokens(&tokens).unwrap();
+    for _ in 0..5 {
+        let t = argmax(reference.logits());
+        seq.push(t);
+        reference.append(&[t]).unwrap();
+        seq_logits.push(reference.logits().to_vec());
+    }
+    // The same 5 tokens as a chain tree in one pass (padded into width 8).
+    let n = seq.len();
+    let mut mask = vec![0u8; n * n];
+    for i in 0..n {
+        for j in 0..=i {
+            mask[i * n + j] = 1;
+        }
+    }
+    let logits = session.eval_tree(&seq, &mask).unwrap();
+    for i in 0..n {
+        assert!(
+            logits[i * vocab..(i + 1) * vocab] == seq_logits[i][..],
+            "node {i}"
+        );
+    }
+    // Two branches from the same parent see only their own ancestors: node 2
+    // is a sibling of node 1 with the same token, at the same position.
+    let branches = [seq[0], seq[1], seq[1]];
+    let mask = [1, 0, 0, 1, 1, 0, 1, 0, 1];
+    let logits = session.eval_tree(&branches, &mask).unwrap();
+    assert!(logits[vocab..2 * vocab] == seq_logits[1][..]);
+    assert!(logits[2 * vocab..3 * vocab] == seq_logits[1][..]);
+    // eval_tree does not commit: the session still continues from the prompt.
+    assert_eq!(session.history().len(), tokens.len());
+}
+
+#[test]
+fn a_second_turn_reuses_the_cache_and_matches_a_fresh_session() {
+    let Some(engine) = engine() else { return };
+    let params = GenerateParams {
+        max_tokens: 24,
+        ..GenerateParams::default()
+    };
+    let mut messages = vec![ChatMessage::user("Name a large animal.")];
+    let first = engine
+        .tokenize_chat(&engine.render_chat(&messages).unwrap())
+        .unwrap();
+    let mut session = engine.session();
+    let turn1 = session.generate(&first, &params, |_| true).unwrap();
+    assert_eq!(turn1.reused_tokens, 0);
+    messages.push(ChatMessage::assistant(turn1.text.clone()));
+    messages.push(ChatMessage::user("Where does it live?"));
+    let second = engine
+        .tokenize_chat(&engine.render_chat(&messages).unwrap())
+        .unwrap();
+    let turn2 = session.generate(&second, &params, |_| true).unwrap();
+    assert!(
+        turn2.reused_tokens >= first.len(),
+        "reused {} of the {} first-turn tokens",
+        turn2.reused_tokens,
+        first.len()
+    );
+    assert_eq!(
+        turn2.timings.prefill_tokens,
+        second.len() - turn2.reused_tokens
+    );
+    let fresh = engine.session().generate(&second, &params, |_| true).unwrap();
+    assert_eq!(turn2.tokens, fresh.tokens);
+}
+
+#[test]
+fn stop_conditions_end_generation() {
+    let Some(engine) = engine() else { return };
+    let tokens = prompt_tokens(&engine, "Write a long story about a lighthouse keeper.");
+    let mut session = engine.session();
+    let g = session
+        .generate(
+            &tokens,
+            &GenerateParams {
+                max_tokens: 7,
+                ..GenerateParams::default()
+            },
+            |_| true,
+        )
+        .unwrap();
+    assert_eq!(g.tokens.len(), 7);
+    assert_eq!(g.stop_reason, StopReason::MaxTokens);
+    // Stop at the first space of the greedy output; the text is cut before it.
+    let mut streamed = String::new();
+    let g2 = session
+        .generate(
+            &tokens,
+            &GenerateParams {
+                max_tokens: 40,
+                stop: vec![" ".into()],
+                ..GenerateParams::default()
+            },
+            |piece| {
+                streamed.push_str(piece);
+                true
+            },
+        )
+        .unwrap();
+    assert!(
+        matches!(g2.stop_reason, StopReason::StopString(_)),
+        "{:?}",
+        g2.stop_reason
+    );
+    assert!(!g2.text.contains(' '));
+    assert_eq!(streamed, g2.text);
+    // A callback that returns false cancels.
+    let g3 = session
+        .generate(&tokens, &GenerateParams::default(), |_| false)
+        .unwrap();
+    assert_eq!(g3.stop_reason, StopReason::Cancelled);
+}
+
+#[test]
+fn seeded_sampling_is_reproducible() {
+    let Some(engine) = engine() else { return };
+    let tokens = prompt_tokens(&engine, "Invent a name for a cat.");
+    let params = GenerateParams {
+        max_tokens: 16,
+        sampler: SamplerConfig {
+            temperature: 0.9,
+            top_k: 50,
+            top_p: 0.9,
+            min_p: 0.02,
+            repetition_penalty: 1.1,
+            repeat_last_n: 64,
+            seed: 1234,
+        },
+        stop: vec![],
+    };
+    let a = engine.session().generate(&tokens, &params, |_| true).unwrap();
+    let b = engine.session().generate(&tokens, &params, |_| true).unwrap();
+    assert_eq!(a.tokens, b.tokens);
+}
+
+#[test]
+fn bad_input_gets_typed_errors_and_leaves_the_session_usable() {
+    let Some(engine) = engine() else { return };
+    let vocab = engine.config().vocab_size as u32;
+    let tokens = prompt_tokens(&engine, "Say hello.");
+    let mut session = engine.session();
+    session.set_tokens(&tokens).unwrap();
+    let before = session.logits().to_vec();
+
+    let err = session.append(&[1, 2, vocab]).unwrap_err();
+    assert!(
+        matches!(err, Error::TokenOutOfRange { id, .. } if id == vocab),
+        "{err}"
+    );
+    let err = session.append(&[u32::MAX]).unwrap_err();
+    assert!(matches!(err, Error::TokenOutOfRange { .. }), "{err}");
+    let too_long = vec![1u32; engine.context_length() + 1];
+    let err = session.set_tokens(&too_long).unwrap_err();
+    assert!(matches!(err, Error::ContextOverflow { .. }), "{err}");
+    let err = session
+        .append(&vec![1u32; engine.context_length()])
+        .unwrap_err();
+    assert!(matches!(err, Error::ContextOverflow { .. }), "{err}");
+    assert!(matches!(session.set_tokens(&[]), Err(Error::EmptyPrompt)));
+    let bad_mask = session.eval_tree(&[1, 2], &[1, 0, 1]).unwrap_err();
+    assert!(matches!(bad_mask, Error::InvalidOption { .. }), "{bad_mask}");
+
+    // The session still holds the prompt and continues exactly as before.
+    assert_eq!(session.history(), &tokens[..]);
+    assert!(session.logits() == &before[..]);
+    let mut fresh = engine.session();
+    fresh.set_tokens(&tokens).unwrap();
+    session.append(&[argmax(&before)]).unwrap();
+    fresh.append(&[argmax(&before)]).unwrap();
+    assert!(session.logits() == fresh.logits());
+}
+
+#[test]
+fn loading_bad_files_gives_typed_errors() {
+    let dir = std::env::temp_dir().join(format!("coordgen-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let missing = dir.join("missing.gguf");
+    assert!(matches!(
+        coordgen::Engine::load(&missing, Default::default()),
+        Err(Error::Open { .. })
+    ));
+    let junk = dir.join("junk.gguf");
+    std::fs::write(&junk, b"not a model at all").unwrap();
+    assert!(matches!(
+        coordgen::Engine::load(&junk, Default::default()),
+        Err(Error::BadMagic { .. })
+    ));
+    if let Some(model) = coordgen_tests::default_model() {
+        let bytes = std::fs::read(model).unwrap();
+        let truncated = dir.join("truncated.gguf");
+        std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+        let err = coordgen::Engine::load(&truncated, Default::default())
+            .err()
+            .unwrap();
+        assert!(
+            matches!(
+                err,
+                Error::TensorOutOfBounds { .. } | Error::TruncatedFile { .. }
+            ),
+            "{err}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

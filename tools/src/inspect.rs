@@ -1,0 +1,133 @@
+//! `coordgen inspect` and `coordgen compile`.
+
+use crate::common::{resolve_model, ModelArgs};
+use anyhow::{Context, Result};
+use clap::Args;
+use coordgen::gguf::{GgufFile, MetaArray, MetaValue};
+use coordgen::{Engine, EngineOptions};
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// GGUF file [default: the default model]
+    #[arg(long, short = 'm', value_name = "PATH")]
+    pub model: Option<PathBuf>,
+    /// Also list every tensor
+    #[arg(long)]
+    pub tensors: bool,
+    /// Array elements to show before eliding
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub array_items: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct CompileArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Prefill chunk widths
+    #[arg(long, value_delimiter = ',', default_values_t = vec![32usize, 128])]
+    pub prefill_widths: Vec<usize>,
+    /// Decode / verify widths
+    #[arg(long, value_delimiter = ',', default_values_t = vec![1usize, 4, 8, 16, 32, 64])]
+    pub verify_widths: Vec<usize>,
+    /// Transformer layers per subgraph block
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub layers_per_block: usize,
+}
+
+fn show_value(v: &MetaValue, items: usize) -> String {
+    match v {
+        MetaValue::String(s) => format!("{:?}", truncate(s, 200)),
+        MetaValue::Array(a) => show_array(a, items),
+        other => format!("{other:?}")
+            .split_once('(')
+            .map_or_else(String::new, |(_, rest)| rest.trim_end_matches(')').to_string()),
+    }
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        format!("{}…", s.chars().take(n).collect::<String>())
+    }
+}
+
+fn show_array(a: &MetaArray, items: usize) -> String {
+    fn list<T: std::fmt::Debug>(v: &[T], items: usize) -> String {
+        let shown: Vec<String> = v.iter().take(items).map(|x| format!("{x:?}")).collect();
+        let more = if v.len() > items {
+            format!(", … ({} total)", v.len())
+        } else {
+            String::new()
+        };
+        format!("[{}{more}]", shown.join(", "))
+    }
+    match a {
+        MetaArray::U8(v) => list(v, items),
+        MetaArray::I8(v) => list(v, items),
+        MetaArray::U16(v) => list(v, items),
+        MetaArray::I16(v) => list(v, items),
+        MetaArray::U32(v) => list(v, items),
+        MetaArray::I32(v) => list(v, items),
+        MetaArray::U64(v) => list(v, items),
+        MetaArray::I64(v) => list(v, items),
+        MetaArray::F32(v) => list(v, items),
+        MetaArray::F64(v) => list(v, items),
+        MetaArray::Bool(v) => list(v, items),
+        MetaArray::String(v) => list(v, items),
+        MetaArray::Array(v) => format!("[{} nested arrays]", v.len()),
+    }
+}
+
+pub fn inspect(args: InspectArgs) -> Result<()> {
+    let path = resolve_model(&args.model)?;
+    let file = GgufFile::open(&path).with_context(|| format!("reading {}", path.display()))?;
+    println!(
+        "{}: GGUF v{}, {} metadata keys, {} tensors, alignment {}, data at byte {}, {} bytes",
+        path.display(),
+        file.version(),
+        file.metadata().len(),
+        file.tensors().len(),
+        file.alignment(),
+        file.data_offset(),
+        file.file_len()
+    );
+    println!("\nmetadata:");
+    for (key, value) in file.metadata() {
+        println!("  {key:<44} {:<8} {}", value.type_name(), show_value(value, args.array_items));
+    }
+    let mut by_type = std::collections::BTreeMap::<&str, (usize, u64)>::new();
+    for t in file.tensors() {
+        let e = by_type.entry(t.ty.name()).or_default();
+        e.0 += 1;
+        e.1 += t.n_bytes;
+    }
+    println!("\ntensor types:");
+    for (ty, (count, bytes)) in by_type {
+        println!("  {ty:<6} {count:>5} tensors {:>10.2} MiB", bytes as f64 / (1 << 20) as f64);
+    }
+    if args.tensors {
+        println!("\ntensors:");
+        for t in file.tensors() {
+            println!("  {:<32} {:<6} {:<20} {:>10} bytes at +{}", t.name, t.ty.name(), format!("{:?}", t.dims), t.n_bytes, t.offset);
+        }
+    }
+    Ok(())
+}
+
+pub fn compile(args: CompileArgs) -> Result<()> {
+    let path = resolve_model(&args.model.model)?;
+    let options = EngineOptions {
+        threads: Some(1),
+        context_length: args.model.context_length,
+        prefill_widths: args.prefill_widths,
+        verify_widths: args.verify_widths,
+        layers_per_block: args.layers_per_block,
+        prefault: false,
+        ..EngineOptions::default()
+    };
+    let engine = Engine::load(&path, options).with_context(|| format!("compiling {}", path.display()))?;
+    print!("{}", engine.plan().summary());
+    Ok(())
+}

@@ -1,0 +1,179 @@
+//! `coordgen run` and `coordgen chat`.
+
+use crate::common::{load_engine, prefill_bar, user_message, ModelArgs, SamplingArgs};
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use coordgen::{ChatMessage, GenerateParams, Generation};
+use std::io::{BufRead, IsTerminal, Read, Write};
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The question or instruction (read from stdin when absent)
+    #[arg(long, short = 'p', value_name = "TEXT")]
+    pub prompt: Option<String>,
+    /// A document to answer over (repeatable); it goes before the prompt
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub context: Vec<PathBuf>,
+    /// A system message
+    #[arg(long, value_name = "TEXT")]
+    pub system: Option<String>,
+    /// Most tokens to generate
+    #[arg(long, short = 'n', value_name = "N", default_value_t = 256)]
+    pub max_tokens: usize,
+    /// Stop when the output reaches this text (repeatable)
+    #[arg(long, value_name = "TEXT")]
+    pub stop: Vec<String>,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// Print one JSON object on stdout instead of streaming text
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// A document the conversation is about (repeatable)
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub context: Vec<PathBuf>,
+    /// A system message
+    #[arg(long, value_name = "TEXT")]
+    pub system: Option<String>,
+    /// Most tokens per answer
+    #[arg(long, short = 'n', value_name = "N", default_value_t = 512)]
+    pub max_tokens: usize,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+}
+
+fn params(max_tokens: usize, stop: &[String], sampling: &SamplingArgs) -> GenerateParams {
+    GenerateParams {
+        max_tokens,
+        sampler: sampling.config(),
+        stop: stop.to_vec(),
+    }
+}
+
+fn print_stats(g: &Generation) {
+    let t = &g.timings;
+    eprintln!(
+        "\n[{} prompt tokens ({} reused) | prefill {:.1} ms, {:.1} tok/s | decode {} tokens in {:.1} ms, {:.1} tok/s | stop: {:?}]",
+        g.prompt_tokens,
+        g.reused_tokens,
+        t.prefill.as_secs_f64() * 1e3,
+        t.prefill_tokens_per_second(),
+        t.decode_tokens,
+        t.decode.as_secs_f64() * 1e3,
+        t.decode_tokens_per_second(),
+        g.stop_reason
+    );
+}
+
+pub fn run(args: RunArgs) -> Result<()> {
+    let prompt = match &args.prompt {
+        Some(p) => p.clone(),
+        None => {
+            if std::io::stdin().is_terminal() {
+                bail!("give a prompt with --prompt TEXT or on stdin (see coordgen run --help)");
+            }
+            let mut s = String::new();
+            std::io::stdin().read_to_string(&mut s).context("reading the prompt from stdin")?;
+            s
+        }
+    };
+    if prompt.trim().is_empty() && args.context.is_empty() {
+        bail!("the prompt is empty");
+    }
+    let engine = load_engine(&args.model, args.json)?;
+    let mut messages = Vec::new();
+    if let Some(system) = &args.system {
+        messages.push(ChatMessage::system(system));
+    }
+    messages.push(ChatMessage::user(user_message(&args.context, &prompt)?));
+    let rendered = engine.render_chat(&messages)?;
+    let tokens = engine.tokenize_chat(&rendered)?;
+    let mut session = engine.session();
+    let bar = prefill_bar(tokens.len(), args.json);
+    let progress = bar.clone();
+    session.on_prefill_progress(move |done, _| progress.set_position(done as u64));
+    let mut stdout = std::io::stdout().lock();
+    let mut first = true;
+    let json = args.json;
+    let generation = session.generate(&tokens, &params(args.max_tokens, &args.stop, &args.sampling), |piece| {
+        if first {
+            bar.finish_and_clear();
+            first = false;
+        }
+        if !json {
+            let _ = stdout.write_all(piece.as_bytes());
+            let _ = stdout.flush();
+        }
+        true
+    })?;
+    bar.finish_and_clear();
+    if json {
+        let t = &generation.timings;
+        let out = serde_json::json!({
+            "model": engine.path().display().to_string(),
+            "backend": engine.backend_description(),
+            "prompt_tokens": generation.prompt_tokens,
+            "tokens": generation.tokens,
+            "text": generation.text,
+            "stop_reason": format!("{:?}", generation.stop_reason),
+            "timings": {
+                "prefill_ms": t.prefill.as_secs_f64() * 1e3,
+                "prefill_tps": t.prefill_tokens_per_second(),
+                "decode_ms": t.decode.as_secs_f64() * 1e3,
+                "decode_tps": t.decode_tokens_per_second(),
+            }
+        });
+        writeln!(stdout, "{out}")?;
+    } else {
+        writeln!(stdout)?;
+        print_stats(&generation);
+    }
+    Ok(())
+}
+
+pub fn chat(args: ChatArgs) -> Result<()> {
+    let engine = load_engine(&args.model, false)?;
+    let mut messages = Vec::new();
+    if let Some(system) = &args.system {
+        messages.push(ChatMessage::system(system));
+    }
+    let mut session = engine.session();
+    let mut pending_context = args.context.clone();
+    let interactive = std::io::stdin().is_terminal();
+    eprintln!("coordgen chat on {} ({}). Empty line or Ctrl-D ends.", engine.path().display(), engine.backend_description());
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock().lines();
+    loop {
+        if interactive {
+            eprint!("\n> ");
+        }
+        let Some(line) = lines.next() else { break };
+        let line = line?;
+        if line.trim().is_empty() {
+            break;
+        }
+        let content = user_message(&pending_context, &line)?;
+        pending_context.clear();
+        messages.push(ChatMessage::user(content));
+        let rendered = engine.render_chat(&messages)?;
+        let tokens = engine.tokenize_chat(&rendered)?;
+        let mut stdout = std::io::stdout().lock();
+        let generation = session.generate(&tokens, &params(args.max_tokens, &[], &args.sampling), |piece| {
+            let _ = stdout.write_all(piece.as_bytes());
+            let _ = stdout.flush();
+            true
+        })?;
+        writeln!(stdout)?;
+        print_stats(&generation);
+        messages.push(ChatMessage::assistant(generation.text.clone()));
+    }
+    Ok(())
+}
