@@ -143,9 +143,9 @@ pub enum Error {
     },
 
     // === Tokenizer and chat template ===
-    /// A token id at or past the end of the vocabulary (decode, token_text).
+    /// A token id at or past the end of the vocabulary (decode, token_text, forward passes).
     #[error("token id {id} is out of range for a vocabulary of {vocab_size} tokens")]
-    TokenIdOutOfRange { id: u32, vocab_size: usize },
+    TokenOutOfRange { id: u32, vocab_size: usize },
     /// `tokenizer.ggml.model` other than `gpt2` (byte-level BPE).
     #[error("tokenizer model {model:?} is not supported (supported: \"gpt2\", byte-level BPE)")]
     UnsupportedTokenizerModel { model: String },
@@ -178,8 +178,25 @@ pub enum Error {
     Graph(#[from] coordgen_graph::Error),
     #[error("CPU backend: {0}")]
     Cpu(#[from] coordgen_cpu::Error),
+    /// The model file describes an architecture the graph compiler cannot lower.
+    #[error("unsupported model architecture {arch:?} (supported: llama)")]
+    UnsupportedArchitecture { arch: String },
+    /// Hyper-parameters in the model file contradict each other or the tensors.
+    #[error("invalid model: {0}")]
+    InvalidModel(String),
     // === Sessions and generation ===
-    // (Session variants go here.)
+    /// The prompt (plus what the session already holds) does not fit the context.
+    #[error("{needed} tokens do not fit in the context of {context} tokens")]
+    ContextOverflow { needed: usize, context: usize },
+    /// An empty prompt: there is nothing to continue from.
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+    /// A sampler setting outside its meaningful range.
+    #[error("sampler setting {name} = {value} is out of range")]
+    InvalidSampler { name: &'static str, value: f32 },
+    /// An option of the engine outside its range.
+    #[error("invalid option {name}: {message}")]
+    InvalidOption { name: &'static str, message: String },
 }
 
 /// Result alias for the engine.

@@ -21,7 +21,7 @@ pub use sampler::{Sampler, SamplerConfig};
 pub use session::{GenerateParams, Generation, Session, StopReason, Timings};
 pub use tokenizer::{StreamDecoder, Tokenizer};
 
-/// Kernel tiers, to force a lower one in [`EngineOptions::kernel_tier`].
-pub use coordgen_kernels::Tier;
 /// The graph compiler's plan types, for `coordgen compile` and tooling.
 pub use coordgen_graph::{ModelConfig, Plan, PlanOptions};
+/// Kernel tiers, to force a lower one in [`EngineOptions::kernel_tier`].
+pub use coordgen_kernels::Tier;

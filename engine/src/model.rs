@@ -86,7 +86,8 @@ pub fn config_from_gguf(file: &GgufFile) -> Result<ModelConfig> {
     if n_heads == 0 {
         return Err(Error::InvalidModel("attention.head_count is 0".into()));
     }
-    let head_dim = optional(usize_key(file, &key("attention.key_length")))?.unwrap_or(d_model / n_heads);
+    let head_dim =
+        optional(usize_key(file, &key("attention.key_length")))?.unwrap_or(d_model / n_heads);
     if let Some(rope_dims) = optional(usize_key(file, &key("rope.dimension_count")))? {
         if rope_dims != head_dim {
             return Err(Error::InvalidModel(format!(

@@ -148,7 +148,10 @@ impl Sampler {
                 .candidates
                 .iter()
                 .copied()
-                .fold((0u32, f32::NEG_INFINITY), |a, b| if b.1 > a.1 { b } else { a });
+                .fold(
+                    (0u32, f32::NEG_INFINITY),
+                    |a, b| if b.1 > a.1 { b } else { a },
+                );
             self.candidates.clear();
             self.candidates.push((best.0, 1.0));
             return &self.candidates;
@@ -286,10 +289,22 @@ mod tests {
     #[test]
     fn rejects_meaningless_settings() {
         for bad in [
-            SamplerConfig { temperature: -1.0, ..Default::default() },
-            SamplerConfig { top_p: 0.0, ..Default::default() },
-            SamplerConfig { min_p: f32::NAN, ..Default::default() },
-            SamplerConfig { repetition_penalty: 0.0, ..Default::default() },
+            SamplerConfig {
+                temperature: -1.0,
+                ..Default::default()
+            },
+            SamplerConfig {
+                top_p: 0.0,
+                ..Default::default()
+            },
+            SamplerConfig {
+                min_p: f32::NAN,
+                ..Default::default()
+            },
+            SamplerConfig {
+                repetition_penalty: 0.0,
+                ..Default::default()
+            },
         ] {
             assert!(Sampler::new(bad).is_err());
         }

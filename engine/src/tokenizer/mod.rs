@@ -566,7 +566,7 @@ impl Tokenizer {
         if index < self.tokens.len() {
             Ok(index)
         } else {
-            Err(Error::TokenIdOutOfRange {
+            Err(Error::TokenOutOfRange {
                 id,
                 vocab_size: self.tokens.len(),
             })

@@ -221,10 +221,10 @@ fn out_of_range_ids_are_typed_errors() {
         StreamDecoder::new().push(&tok, bad).map(|_| ()),
     ] {
         match result {
-            Err(Error::TokenIdOutOfRange { id, vocab_size }) => {
+            Err(Error::TokenOutOfRange { id, vocab_size }) => {
                 assert_eq!((id, vocab_size), (bad, size));
             }
-            other => panic!("expected TokenIdOutOfRange, got {other:?}"),
+            other => panic!("expected TokenOutOfRange, got {other:?}"),
         }
     }
     let message = tok.decode(&[bad]).unwrap_err().to_string();
