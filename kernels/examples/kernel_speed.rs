@@ -18,6 +18,10 @@ fn min_ns(reps: usize, inner: usize, mut f: impl FnMut()) -> f64 {
 }
 
 fn main() {
+    if std::env::args().any(|a| a == "matmul") {
+        matmul_speed();
+        return;
+    }
     let nb = 18; // 576 columns
     let xf: Vec<f32> = (0..nb * QK)
         .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
@@ -57,5 +61,45 @@ fn main() {
             "{tier:>11}: q4_1·q8_1 {:.2} ns/block, x4 {:.2} ns/block/row | q8_0·q8_0 {:.2} ns/block, x4 {:.2} | quantize q8_1 {:.2} ns/block",
             t1 / nb as f64, t4 / nb as f64 / 4.0, t8 / nb as f64, t84 / nb as f64 / 4.0, tq / nb as f64
         );
+    }
+}
+
+/// Matmul throughput (bytes of weights per second), best of many runs.
+#[allow(dead_code)]
+pub fn matmul_speed() {
+    use coordgen_kernels::{matmul, MatmulScratch, WeightMatrix};
+    let ks = KernelSet::best();
+    let shapes: [(&str, usize, usize); 2] =
+        [("q4_1 1536x576", 1536, 576), ("q8_0 49152x576", 49152, 576)];
+    for (name, rows, cols) in shapes {
+        let wf: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+            .collect();
+        let mut q41 = vec![BlockQ4_1::default(); rows * cols / QK];
+        let mut q80 = vec![BlockQ8_0::default(); rows * cols / QK];
+        let w = if name.starts_with("q4_1") {
+            quantize_row_q4_1(&wf, &mut q41);
+            WeightMatrix::Q4_1(&q41)
+        } else {
+            quantize_row_q8_0(&wf, &mut q80);
+            WeightMatrix::Q8_0(&q80)
+        };
+        for n in [1usize, 4, 16] {
+            let x: Vec<f32> = (0..n * cols)
+                .map(|i| ((i * 31) % 200) as f32 / 100.0 - 1.0)
+                .collect();
+            let mut out = vec![0.0; n * rows];
+            let mut scratch = MatmulScratch::default();
+            let inner = if rows > 10000 { 5 } else { 100 };
+            let t = min_ns(40, inner, || {
+                matmul(ks, &w, rows, cols, black_box(&x), n, &mut out, &mut scratch).unwrap();
+            });
+            println!(
+                "{} {name} n={n:>2}: {:8.1} µs  {:6.1} GB/s of weights",
+                ks.tier,
+                t / 1e3,
+                w.size_bytes() as f64 / t
+            );
+        }
     }
 }
