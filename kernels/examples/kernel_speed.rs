@@ -90,8 +90,8 @@ pub fn matmul_speed() {
                 .collect();
             let mut out = vec![0.0; n * rows];
             let mut scratch = MatmulScratch::default();
-            let inner = if rows > 10000 { 5 } else { 100 };
-            let t = min_ns(40, inner, || {
+            let inner = 1;
+            let t = min_ns(if rows > 10000 { 200 } else { 3000 }, inner, || {
                 matmul(ks, &w, rows, cols, black_box(&x), n, &mut out, &mut scratch).unwrap();
             });
             println!(
