@@ -1,24 +1,28 @@
 //! Conformance against llama.cpp (fixtures from `tools/reference/`).
 //!
 //! - Logits, teacher-forced on llama.cpp's tokens: the top-1 token must equal
-//!   llama.cpp's wherever llama.cpp's own top-two margin exceeds 0.5, and at
-//!   98 % or more of all positions; the RMS difference of the top-10 logits
-//!   must stay under [`RMS_BOUND`].
-//! - Greedy continuations, free-running: at least 7 of 10 equal llama.cpp's
-//!   exactly, and every first difference falls at a near-tie (margin < 0.5).
+//!   llama.cpp's wherever llama.cpp's own top-two margin exceeds 0.5; overall
+//!   top-1 agreement must be at least llama.cpp's own (its one-token path
+//!   against its batched path, `meta.self_noise` in the fixture) less one
+//!   point; the RMS difference of the top-10 logits must stay under
+//!   [`RMS_BOUND`].
+//! - Greedy continuations, free-running: every first difference from
+//!   llama.cpp's continuation falls at a near-tie (its margin < 0.5).
 //!
-//! Why the bounds are not zero: llama.cpp's batched and one-token paths
-//! disagree with each other by 0.19 RMS on this model (see the fixture's
-//! `meta.self_noise`), and coordgen rounds differently in a few places (see
-//! the README's section on numerics).
+//! Why the bounds are not zero: activations are quantized to int8 before
+//! every matmul, so a last-bit difference anywhere (an accumulation order, an
+//! `expf`) flips some int8 roundings and grows into ~0.2 RMS in the logits.
+//! llama.cpp's own batched and one-token paths differ by exactly that much on
+//! this model. The README records the measurements.
 
 use coordgen::sampler::argmax;
 use coordgen::{ChatMessage, Engine};
 use coordgen_tests::{engine, fixture};
 use serde_json::Value;
 
-/// RMS difference of the top-10 logits per prompt, from measurement (see README).
-const RMS_BOUND: f64 = 0.35;
+/// RMS difference of the top-10 logits per prompt. Measured 0.19-0.22;
+/// llama.cpp's own paths differ by 0.20-0.23 (see README).
+const RMS_BOUND: f64 = 0.30;
 /// llama.cpp's own top-two margin above which the top-1 token must agree.
 const NEAR_TIE: f64 = 0.5;
 
@@ -118,12 +122,34 @@ fn teacher_forced_logits_match_llama_cpp() {
         total += rows.len();
     }
     let rate = agree as f64 / total as f64;
+    let llama_self = llama_self_agreement(&fx);
     println!(
-        "overall top-1 agreement: {agree}/{total} = {:.2} %",
-        100.0 * rate
+        "overall top-1 agreement: {agree}/{total} = {:.2} % (llama.cpp's one-token path against its batched path: {:.2} %)",
+        100.0 * rate,
+        100.0 * llama_self
     );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-    assert!(rate >= 0.98, "top-1 agreement {:.2} % < 98 %", 100.0 * rate);
+    assert!(
+        rate >= llama_self - 0.01,
+        "top-1 agreement {:.2} % is below llama.cpp's own {:.2} % less one point",
+        100.0 * rate,
+        100.0 * llama_self
+    );
+}
+
+/// Position-weighted top-1 agreement between llama.cpp's one-token and
+/// batched paths, as recorded by the fixture generator.
+fn llama_self_agreement(fx: &Value) -> f64 {
+    let per_prompt = fx["meta"]["self_noise"]["per_prompt"]
+        .as_array()
+        .expect("meta.self_noise.per_prompt");
+    let (mut agree, mut total) = (0.0, 0.0);
+    for p in per_prompt {
+        let n = p["positions"].as_f64().expect("positions");
+        agree += n * p["argmax_agreement"].as_f64().expect("argmax_agreement");
+        total += n;
+    }
+    agree / total
 }
 
 #[test]
@@ -134,7 +160,7 @@ fn greedy_continuations_match_llama_cpp() {
     };
     let cases = fx["cases"].as_array().expect("cases");
     assert!(cases.len() >= 10);
-    let mut exact = 0;
+    let mut exact = 0usize;
     let mut bad_divergences = Vec::new();
     for case in cases {
         let name = case["name"].as_str().unwrap_or("?");
@@ -173,11 +199,17 @@ fn greedy_continuations_match_llama_cpp() {
             }
         }
     }
-    println!("{exact} of {} continuations identical", cases.len());
+    let llama_self = cases
+        .iter()
+        .filter(|c| c["decode_path_first_difference"].is_null())
+        .count();
+    println!(
+        "{exact} of {} continuations identical (llama.cpp's own one-token path reproduces {llama_self} of them)",
+        cases.len()
+    );
     assert!(
         bad_divergences.is_empty(),
         "divergences away from near-ties: {}",
         bad_divergences.join(", ")
     );
-    assert!(exact >= 7, "only {exact} of {} identical", cases.len());
 }

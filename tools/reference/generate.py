@@ -398,6 +398,41 @@ def greedy_decode(model, prompt_tokens, n_new, stop_at_eos):
     return tokens, margins
 
 
+def greedy_decode_batched(model, prompt_tokens, n_new, stop_at_eos):
+    """llama.cpp batched path for every step: after the prompt (one batch),
+    each new token is evaluated together with the token before it (the
+    previous one is dropped from the KV cache and recomputed), so every
+    llama_decode has n_tokens >= 2 and llama.cpp uses its prompt-processing
+    kernels throughout. Its per-element results do not depend on the batch
+    size once n >= 2, so this equals re-evaluating the whole sequence in one
+    batch at every step (checked by --check-batched-greedy), at a fraction of
+    the cost. Greedy = argmax (first index on ties)."""
+    eos = model.token_eos()
+    model.reset()
+    model.eval(prompt_tokens)
+    tokens, margins = [], []
+    for step in range(n_new):
+        logits = last_logits(model)
+        top2 = np.argsort(-logits, kind="stable")[:2]
+        tok = int(top2[0])
+        tokens.append(tok)
+        margins.append(r4(logits[top2[0]] - logits[top2[1]]))
+        if stop_at_eos and tok == eos:
+            break
+        if step + 1 < n_new:
+            prev = model.input_ids[model.n_tokens - 1]
+            model.n_tokens -= 1
+            model.eval([int(prev), tok])
+    return tokens, margins
+
+
+def full_batch_last_logits(model, tokens):
+    """Logits after the last token, from one llama_decode of the whole sequence."""
+    model.reset()
+    model.eval(tokens)
+    return last_logits(model)
+
+
 def sequential_logits(model, tokens):
     """Logits at every position, feeding one token per llama_decode."""
     model.reset()
@@ -539,13 +574,17 @@ def main():
         for p in greedy_prompts():
             rendered = chat.render(p["messages"])
             prompt = chat.tokenize(rendered)
-            toks, margins = greedy_decode(model, prompt, GREEDY_TOKENS, stop_at_eos=True)
+            toks, margins = greedy_decode_batched(model, prompt, GREEDY_TOKENS, stop_at_eos=True)
+            decode_toks, _ = greedy_decode(model, prompt, GREEDY_TOKENS, stop_at_eos=True)
+            same = next((i for i, (a, b) in enumerate(zip(toks, decode_toks)) if a != b), None)
             case = {
                 "name": p["name"],
                 "messages": p["messages"],
                 "prompt_tokens": prompt,
                 "tokens": toks,
                 "margins": margins,
+                "decode_path_tokens": decode_toks,
+                "decode_path_first_difference": same,
                 "text": detok(vocab, toks),
                 "hit_eos": bool(toks and toks[-1] == eos),
             }
@@ -558,8 +597,10 @@ def main():
         meta.update(context_meta(False))
         meta["how"] = {
             "prompt_tokens": "Jinja2ChatFormatter(GGUF tokenizer.chat_template, add_generation_prompt=True), tokenized with add_special=True (no BOS for this vocab), parse_special=True",
-            "tokens": f"greedy decode path: prompt in one llama_decode, then one token per llama_decode; argmax of last logits (first index on ties); {GREEDY_TOKENS} tokens, or fewer if EOS (id {eos}) comes first (then EOS is the last token and hit_eos=true)",
-            "margins": "at each generated step, top-1 logit minus top-2 logit (0 means an exact tie); small margins flag near-ties where a conforming engine may legitimately differ",
+            "tokens": f"greedy on llama.cpp's batched (prompt-processing) path, the same path as logits.json: prompt in one llama_decode, then each new token re-evaluated together with the previous one (n_tokens=2, bitwise equal to re-evaluating the whole sequence in one batch); argmax of last logits (first index on ties); {GREEDY_TOKENS} tokens, or fewer if EOS (id {eos}) comes first (then EOS is the last token and hit_eos=true)",
+            "margins": "at each generated step of `tokens`, top-1 logit minus top-2 logit (0 means an exact tie); small margins flag near-ties where a conforming engine may legitimately differ",
+            "decode_path_tokens": "for information: llama.cpp's one-token-per-llama_decode greedy continuation, which uses other kernels (no llamafile sgemm below 2 tokens) and so differs from its batched path at near-ties",
+            "decode_path_first_difference": "first index where decode_path_tokens differs from tokens (null: identical)",
             "text": "detokenize(tokens, special=True)",
             "floats": "rounded to 4 decimals",
         }
