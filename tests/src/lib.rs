@@ -39,7 +39,9 @@ pub fn default_model() -> Option<PathBuf> {
 pub fn fixture(name: &str) -> Option<serde_json::Value> {
     let path = workspace_root().join("tests/fixtures").join(name);
     match std::fs::read_to_string(&path) {
-        Ok(text) => Some(serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))),
+        Ok(text) => {
+            Some(serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+        }
         Err(_) => {
             eprintln!("note: skipping, fixture {} is missing", path.display());
             None

@@ -49,7 +49,10 @@ fn check_prompt_rendering(engine: &Engine, case: &Value) {
     let name = case["name"].as_str().unwrap_or("?");
     let rendered = engine.render_chat(&messages(&case["messages"])).unwrap();
     if let Some(expected) = case["rendered"].as_str() {
-        assert_eq!(rendered, expected, "{name}: chat template rendering differs");
+        assert_eq!(
+            rendered, expected,
+            "{name}: chat template rendering differs"
+        );
     }
     let tokens = engine.tokenize_chat(&rendered).unwrap();
     assert_eq!(
@@ -74,10 +77,17 @@ fn teacher_forced_logits_match_llama_cpp() {
         let name = case["name"].as_str().unwrap_or("?");
         check_prompt_rendering(&engine, case);
         let mut tokens = ids(&case["prompt_tokens"]);
-        assert!(tokens.len() >= 200, "{name}: prompt shorter than 200 tokens");
+        assert!(
+            tokens.len() >= 200,
+            "{name}: prompt shorter than 200 tokens"
+        );
         tokens.extend(ids(&case["continuation"]));
         let rows = case["top10"].as_array().expect("top10");
-        assert_eq!(rows.len(), tokens.len(), "{name}: one top-10 row per position");
+        assert_eq!(
+            rows.len(),
+            tokens.len(),
+            "{name}: one top-10 row per position"
+        );
 
         let mut session = engine.session();
         let logits = session.append_all_logits(&tokens).unwrap();

@@ -111,7 +111,10 @@ fn a_second_turn_reuses_the_cache_and_matches_a_fresh_session() {
         turn2.timings.prefill_tokens,
         second.len() - turn2.reused_tokens
     );
-    let fresh = engine.session().generate(&second, &params, |_| true).unwrap();
+    let fresh = engine
+        .session()
+        .generate(&second, &params, |_| true)
+        .unwrap();
     assert_eq!(turn2.tokens, fresh.tokens);
 }
 
@@ -179,8 +182,14 @@ fn seeded_sampling_is_reproducible() {
         },
         stop: vec![],
     };
-    let a = engine.session().generate(&tokens, &params, |_| true).unwrap();
-    let b = engine.session().generate(&tokens, &params, |_| true).unwrap();
+    let a = engine
+        .session()
+        .generate(&tokens, &params, |_| true)
+        .unwrap();
+    let b = engine
+        .session()
+        .generate(&tokens, &params, |_| true)
+        .unwrap();
     assert_eq!(a.tokens, b.tokens);
 }
 
@@ -209,7 +218,10 @@ fn bad_input_gets_typed_errors_and_leaves_the_session_usable() {
     assert!(matches!(err, Error::ContextOverflow { .. }), "{err}");
     assert!(matches!(session.set_tokens(&[]), Err(Error::EmptyPrompt)));
     let bad_mask = session.eval_tree(&[1, 2], &[1, 0, 1]).unwrap_err();
-    assert!(matches!(bad_mask, Error::InvalidOption { .. }), "{bad_mask}");
+    assert!(
+        matches!(bad_mask, Error::InvalidOption { .. }),
+        "{bad_mask}"
+    );
 
     // The session still holds the prompt and continues exactly as before.
     assert_eq!(session.history(), &tokens[..]);

@@ -16,7 +16,12 @@ pub struct BenchArgs {
     #[arg(long, short = 'c', value_name = "FILE")]
     pub context: Vec<PathBuf>,
     /// The instruction after the context
-    #[arg(long, short = 'p', value_name = "TEXT", default_value = "Summarize the document in a few sentences.")]
+    #[arg(
+        long,
+        short = 'p',
+        value_name = "TEXT",
+        default_value = "Summarize the document in a few sentences."
+    )]
     pub prompt: String,
     /// Tokens to generate per run (greedy; end-of-generation is ignored so every run decodes the same count)
     #[arg(long, short = 'n', value_name = "N", default_value_t = 128)]
@@ -66,7 +71,10 @@ pub fn bench(mut args: BenchArgs) -> Result<()> {
         }
     }
     let engine = load_engine(&args.model, args.json)?;
-    let rendered = engine.render_chat(&[ChatMessage::user(user_message(&args.context, &args.prompt)?)])?;
+    let rendered = engine.render_chat(&[ChatMessage::user(user_message(
+        &args.context,
+        &args.prompt,
+    )?)])?;
     let tokens = engine.tokenize_chat(&rendered)?;
     let params = GenerateParams {
         max_tokens: args.max_tokens,
@@ -113,7 +121,12 @@ pub fn bench(mut args: BenchArgs) -> Result<()> {
     if args.json {
         println!("{result}");
     } else {
-        println!("model: {} | {} | prompt {} tokens", engine.path().display(), engine.backend_description(), tokens.len());
+        println!(
+            "model: {} | {} | prompt {} tokens",
+            engine.path().display(),
+            engine.backend_description(),
+            tokens.len()
+        );
         println!("| run | prefill ms | prefill tok/s | decode tokens | decode ms | decode tok/s |");
         println!("|---|---|---|---|---|---|");
         for (i, r) in runs.iter().enumerate() {
@@ -130,10 +143,12 @@ pub fn bench(mut args: BenchArgs) -> Result<()> {
         println!("| median | | {med_prefill:.1} | | | {med_decode:.1} |");
     }
     if let Some(path) = &args.json_out {
-        std::fs::write(path, serde_json::to_string_pretty(&result)?).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, serde_json::to_string_pretty(&result)?)
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     if let Some(path) = &args.plot {
-        std::fs::write(path, svg_chart(&runs)).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, svg_chart(&runs))
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }
@@ -147,9 +162,16 @@ fn svg_chart(runs: &[Run]) -> String {
         .fold(1.0f64, f64::max)
         * 1.1;
     let mut s = String::new();
-    let _ = writeln!(s, r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#);
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
+    );
     let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(s, r#"<text x="{}" y="20" text-anchor="middle" font-size="14">coordgen bench: tokens/s per run</text>"#, w / 2.0);
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="20" text-anchor="middle" font-size="14">coordgen bench: tokens/s per run</text>"#,
+        w / 2.0
+    );
     let groups = [("prefill", "#4e79a7"), ("decode", "#f28e2b")];
     let group_w = (w - 2.0 * pad) / 2.0;
     let bar_w = (group_w * 0.8 / runs.len().max(1) as f64).min(60.0);
@@ -160,12 +182,31 @@ fn svg_chart(runs: &[Run]) -> String {
             let bh = (h - 2.0 * pad) * v / max;
             let x = x0 + ri as f64 * bar_w;
             let y = h - pad - bh;
-            let _ = writeln!(s, r#"<rect x="{x:.1}" y="{y:.1}" width="{:.1}" height="{bh:.1}" fill="{color}"/>"#, bar_w * 0.9);
-            let _ = writeln!(s, r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{v:.0}</text>"#, x + bar_w * 0.45, y - 4.0);
+            let _ = writeln!(
+                s,
+                r#"<rect x="{x:.1}" y="{y:.1}" width="{:.1}" height="{bh:.1}" fill="{color}"/>"#,
+                bar_w * 0.9
+            );
+            let _ = writeln!(
+                s,
+                r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{v:.0}</text>"#,
+                x + bar_w * 0.45,
+                y - 4.0
+            );
         }
-        let _ = writeln!(s, r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{name}</text>"#, x0 + group_w * 0.4, h - pad + 18.0);
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{name}</text>"#,
+            x0 + group_w * 0.4,
+            h - pad + 18.0
+        );
     }
-    let _ = writeln!(s, r#"<line x1="{pad}" y1="{0}" x2="{1}" y2="{0}" stroke="black"/>"#, h - pad, w - pad);
+    let _ = writeln!(
+        s,
+        r#"<line x1="{pad}" y1="{0}" x2="{1}" y2="{0}" stroke="black"/>"#,
+        h - pad,
+        w - pad
+    );
     s.push_str("</svg>\n");
     s
 }

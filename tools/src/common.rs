@@ -109,10 +109,9 @@ pub fn load_engine(args: &ModelArgs, quiet: bool) -> Result<Engine> {
     let path = resolve_model(&args.model)?;
     let kernel_tier = match &args.kernels {
         None => None,
-        Some(name) => Some(
-            coordgen::Tier::parse(name)
-                .with_context(|| format!("unknown kernel tier {name:?} (scalar, avx2, avx512vnni, neon, neon-dotprod)"))?,
-        ),
+        Some(name) => Some(coordgen::Tier::parse(name).with_context(|| {
+            format!("unknown kernel tier {name:?} (scalar, avx2, avx512vnni, neon, neon-dotprod)")
+        })?),
     };
     let options = EngineOptions {
         threads: args.threads,
@@ -146,8 +145,11 @@ pub fn prefill_bar(total_tokens: usize, quiet: bool) -> ProgressBar {
 pub fn user_message(contexts: &[PathBuf], prompt: &str) -> Result<String> {
     let mut text = String::new();
     for path in contexts {
-        let body = std::fs::read_to_string(path).with_context(|| format!("reading context file {}", path.display()))?;
-        let name = Path::new(path).file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        let body = std::fs::read_to_string(path)
+            .with_context(|| format!("reading context file {}", path.display()))?;
+        let name = Path::new(path)
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
         text.push_str(&format!("Document ({name}):\n{}\n\n", body.trim_end()));
     }
     text.push_str(prompt.trim());

@@ -41,7 +41,9 @@ fn show_value(v: &MetaValue, items: usize) -> String {
         MetaValue::Array(a) => show_array(a, items),
         other => format!("{other:?}")
             .split_once('(')
-            .map_or_else(String::new, |(_, rest)| rest.trim_end_matches(')').to_string()),
+            .map_or_else(String::new, |(_, rest)| {
+                rest.trim_end_matches(')').to_string()
+            }),
     }
 }
 
@@ -95,7 +97,11 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
     );
     println!("\nmetadata:");
     for (key, value) in file.metadata() {
-        println!("  {key:<44} {:<8} {}", value.type_name(), show_value(value, args.array_items));
+        println!(
+            "  {key:<44} {:<8} {}",
+            value.type_name(),
+            show_value(value, args.array_items)
+        );
     }
     let mut by_type = std::collections::BTreeMap::<&str, (usize, u64)>::new();
     for t in file.tensors() {
@@ -105,12 +111,22 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
     }
     println!("\ntensor types:");
     for (ty, (count, bytes)) in by_type {
-        println!("  {ty:<6} {count:>5} tensors {:>10.2} MiB", bytes as f64 / (1 << 20) as f64);
+        println!(
+            "  {ty:<6} {count:>5} tensors {:>10.2} MiB",
+            bytes as f64 / (1 << 20) as f64
+        );
     }
     if args.tensors {
         println!("\ntensors:");
         for t in file.tensors() {
-            println!("  {:<32} {:<6} {:<20} {:>10} bytes at +{}", t.name, t.ty.name(), format!("{:?}", t.dims), t.n_bytes, t.offset);
+            println!(
+                "  {:<32} {:<6} {:<20} {:>10} bytes at +{}",
+                t.name,
+                t.ty.name(),
+                format!("{:?}", t.dims),
+                t.n_bytes,
+                t.offset
+            );
         }
     }
     Ok(())
@@ -127,7 +143,8 @@ pub fn compile(args: CompileArgs) -> Result<()> {
         prefault: false,
         ..EngineOptions::default()
     };
-    let engine = Engine::load(&path, options).with_context(|| format!("compiling {}", path.display()))?;
+    let engine =
+        Engine::load(&path, options).with_context(|| format!("compiling {}", path.display()))?;
     print!("{}", engine.plan().summary());
     Ok(())
 }

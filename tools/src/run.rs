@@ -81,7 +81,9 @@ pub fn run(args: RunArgs) -> Result<()> {
                 bail!("give a prompt with --prompt TEXT or on stdin (see coordgen run --help)");
             }
             let mut s = String::new();
-            std::io::stdin().read_to_string(&mut s).context("reading the prompt from stdin")?;
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .context("reading the prompt from stdin")?;
             s
         }
     };
@@ -103,17 +105,21 @@ pub fn run(args: RunArgs) -> Result<()> {
     let mut stdout = std::io::stdout().lock();
     let mut first = true;
     let json = args.json;
-    let generation = session.generate(&tokens, &params(args.max_tokens, &args.stop, &args.sampling), |piece| {
-        if first {
-            bar.finish_and_clear();
-            first = false;
-        }
-        if !json {
-            let _ = stdout.write_all(piece.as_bytes());
-            let _ = stdout.flush();
-        }
-        true
-    })?;
+    let generation = session.generate(
+        &tokens,
+        &params(args.max_tokens, &args.stop, &args.sampling),
+        |piece| {
+            if first {
+                bar.finish_and_clear();
+                first = false;
+            }
+            if !json {
+                let _ = stdout.write_all(piece.as_bytes());
+                let _ = stdout.flush();
+            }
+            true
+        },
+    )?;
     bar.finish_and_clear();
     if json {
         let t = &generation.timings;
@@ -148,7 +154,11 @@ pub fn chat(args: ChatArgs) -> Result<()> {
     let mut session = engine.session();
     let mut pending_context = args.context.clone();
     let interactive = std::io::stdin().is_terminal();
-    eprintln!("coordgen chat on {} ({}). Empty line or Ctrl-D ends.", engine.path().display(), engine.backend_description());
+    eprintln!(
+        "coordgen chat on {} ({}). Empty line or Ctrl-D ends.",
+        engine.path().display(),
+        engine.backend_description()
+    );
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
     loop {
@@ -166,11 +176,15 @@ pub fn chat(args: ChatArgs) -> Result<()> {
         let rendered = engine.render_chat(&messages)?;
         let tokens = engine.tokenize_chat(&rendered)?;
         let mut stdout = std::io::stdout().lock();
-        let generation = session.generate(&tokens, &params(args.max_tokens, &[], &args.sampling), |piece| {
-            let _ = stdout.write_all(piece.as_bytes());
-            let _ = stdout.flush();
-            true
-        })?;
+        let generation = session.generate(
+            &tokens,
+            &params(args.max_tokens, &[], &args.sampling),
+            |piece| {
+                let _ = stdout.write_all(piece.as_bytes());
+                let _ = stdout.flush();
+                true
+            },
+        )?;
         writeln!(stdout)?;
         print_stats(&generation);
         messages.push(ChatMessage::assistant(generation.text.clone()));
