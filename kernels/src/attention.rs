@@ -1,14 +1,12 @@
-//! Fused attention over an f16 KV cache: for each (query row, head), scores,
-//! softmax and the weighted sum of values in one pass with an online
-//! (running-max) softmax, so no score matrix is materialized.
+//! Attention over an f16 KV cache: for each (query row, head), scores,
+//! softmax and the weighted sum of values, with llama.cpp's roundings.
 //!
 //! The visible KV slots of a row are given explicitly (a causal prefix plus
 //! extra slots), which covers plain decoding, chunked prefill and tree
 //! verification (a draft token sees the prefix and its tree ancestors).
 //!
 //! **Batch invariance.** A (row, head) result depends only on its query, its
-//! visible slots (in the given order) and the cache contents: slots are
-//! processed in fixed chunks of [`CHUNK`] in visibility order, whatever the
+//! visible slots (in the given order) and the cache contents, whatever the
 //! number of rows or the thread split.
 
 use crate::dispatch::KernelSet;
@@ -38,9 +36,6 @@ pub struct RowVisibility<'a> {
     /// Additional visible slots beyond the prefix (e.g. tree ancestors).
     pub extra: &'a [u32],
 }
-
-/// Scores computed (and exponentiated) per online-softmax step.
-pub const CHUNK: usize = 64;
 
 /// Below this many score·value multiply-adds everything runs on the calling thread.
 const SEQUENTIAL_WORK_LIMIT: usize = 32 * 1024;
@@ -149,49 +144,104 @@ pub fn attention(
     Ok(())
 }
 
-/// One (row, head): online softmax over `slots`, in chunks of [`CHUNK`].
+/// Lanes of llama.cpp's f16 `tinyBLAS` (512-bit vectors of f32).
+const LANES: usize = 16;
+
+/// One (row, head), bitwise as llama.cpp's batched non-flash-attention CPU
+/// path with an f16 cache computes it (so conformance holds):
+///
+/// * scores: the query rounded to f16, `k · q` in tinyBLAS's 16-lane order
+///   ([`KernelSet::dot_f16_f32`]), times `scale`;
+/// * softmax: `ggml_v_expf(s - max)`; the exps are summed per 16-slot chunk
+///   of the KV cache (slot `t` in chunk `t / 16`, lane `t % 16`, invisible
+///   slots contributing exact zeros as llama.cpp's masked ones do) with
+///   GCC's `_mm512_reduce_add_ps` order, chunk sums added in f64; the
+///   probabilities `e · (1/sum)` are rounded to f16;
+/// * output: tinyBLAS again over the slots, so slot `t` is FMA'd into lane
+///   `t % 16` (one [`KernelSet::axpy_f16_f32`] into that lane's row), and
+///   the 16 lanes are summed per output value at the end.
+///
+/// The visible slots must be ascending (they are: a prefix, then `extra`).
+/// The per-thread buffers grow to the row's visible length; no score matrix
+/// over all rows is materialized.
 fn attend_one<'c>(
     ks: &KernelSet,
     q: &[f32],
     scale: f32,
-    mut slots: impl Iterator<Item = usize>,
+    slots: impl Iterator<Item = usize> + Clone,
     kv: impl Fn(usize) -> (&'c [f16], &'c [f16]),
     acc: &mut [f32],
 ) {
     acc.fill(0.0);
-    let mut running_max = f32::NEG_INFINITY;
-    let mut denom = 0.0f32;
-    let mut idx = [0usize; CHUNK];
-    let mut scores = [0.0f32; CHUNK];
-    loop {
-        let mut len = 0;
-        for t in slots.by_ref().take(CHUNK) {
-            idx[len] = t;
-            len += 1;
+    let head_dim = acc.len();
+    SCRATCH.with(|cell| {
+        let mut scratch = cell.borrow_mut();
+        let Scratch { q16, scores, lanes } = &mut *scratch;
+        q16.clear();
+        q16.extend(q.iter().map(|&v| f16::from_f32(v).to_f32()));
+        scores.clear();
+        let mut max = f32::NEG_INFINITY;
+        for t in slots.clone() {
+            let s = (ks.dot_f16_f32)(kv(t).0, q16) * scale;
+            max = max.max(s);
+            scores.push(s);
         }
-        if len == 0 {
-            break;
+        if scores.is_empty() {
+            return;
         }
-        let mut chunk_max = f32::NEG_INFINITY;
-        for (s, &t) in scores[..len].iter_mut().zip(&idx[..len]) {
-            *s = (ks.dot_f16_f32)(kv(t).0, q) * scale;
-            chunk_max = chunk_max.max(*s);
+        for s in scores.iter_mut() {
+            *s -= max;
         }
-        if chunk_max > running_max {
-            if running_max != f32::NEG_INFINITY {
-                let alpha = (running_max - chunk_max).exp();
-                (ks.scale_f32)(alpha, acc);
-                denom *= alpha;
+        (ks.exp_f32)(scores);
+        let mut sum = 0.0f64;
+        let mut chunk = [0.0f32; LANES];
+        let mut chunk_id = usize::MAX;
+        for (&e, t) in scores.iter().zip(slots.clone()) {
+            if t / LANES != chunk_id {
+                if chunk_id != usize::MAX {
+                    sum += crate::scalar::hsum16(&chunk) as f64;
+                }
+                chunk = [0.0; LANES];
+                chunk_id = t / LANES;
             }
-            running_max = chunk_max;
+            chunk[t % LANES] = e;
         }
-        for (&s, &t) in scores[..len].iter().zip(&idx[..len]) {
-            let p = (s - running_max).exp();
-            denom += p;
-            (ks.axpy_f16_f32)(p, kv(t).1, acc);
+        sum += crate::scalar::hsum16(&chunk) as f64;
+        let inv = (1.0 / sum) as f32;
+        lanes.clear();
+        lanes.resize(LANES * head_dim, 0.0);
+        for (&e, t) in scores.iter().zip(slots) {
+            let p = f16::from_f32(e * inv).to_f32();
+            let lane = t % LANES;
+            (ks.axpy_f16_f32)(
+                p,
+                kv(t).1,
+                &mut lanes[lane * head_dim..(lane + 1) * head_dim],
+            );
         }
-    }
-    if denom > 0.0 {
-        (ks.scale_f32)(1.0 / denom, acc);
-    }
+        for (d, o) in acc.iter_mut().enumerate() {
+            let mut l = [0.0f32; LANES];
+            for (k, v) in l.iter_mut().enumerate() {
+                *v = lanes[k * head_dim + d];
+            }
+            *o = crate::scalar::hsum16(&l);
+        }
+    });
+}
+
+/// Per-thread buffers of [`attend_one`].
+#[derive(Default)]
+struct Scratch {
+    /// The query rounded to f16 (held as f32).
+    q16: Vec<f32>,
+    /// Scores, then exps, of the visible slots.
+    scores: Vec<f32>,
+    /// `16 × head_dim` per-lane partial outputs.
+    lanes: Vec<f32>,
+}
+
+thread_local! {
+    /// Per-thread buffers, so attention allocates only when a context grows
+    /// past what the thread has seen.
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
 }

@@ -116,6 +116,12 @@ pub struct KernelSet {
     pub axpy_f16_f32: fn(f32, &[f16], &mut [f32]),
     /// `x *= a`.
     pub scale_f32: fn(f32, &mut [f32]),
+    /// `x[i] = exp(x[i])` with ggml's `ggml_v_expf` polynomial
+    /// (bitwise equal to [`scalar::ggml_expf`] in every tier).
+    pub exp_f32: fn(&mut [f32]),
+    /// `out[i] = silu(gate[i]) * up[i]` as ggml's `ggml_vec_swiglu_f32`
+    /// (bitwise equal across tiers).
+    pub silu_mul_f32: fn(&[f32], &[f32], &mut [f32]),
 }
 
 /// The portable reference set.
@@ -133,6 +139,8 @@ pub(crate) const SCALAR_KERNELS: KernelSet = KernelSet {
     vec_dot_q8_0_q8_0_x4: scalar::scalar_vec_dot_q8_0_q8_0_x4,
     axpy_f16_f32: scalar::scalar_axpy_f16_f32,
     scale_f32: scalar::scalar_scale_f32,
+    exp_f32: scalar::scalar_exp_f32,
+    silu_mul_f32: scalar::scalar_silu_mul_f32,
 };
 
 /// Environment variable that forces a lower tier (e.g. `scalar`) for debugging

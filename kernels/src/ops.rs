@@ -4,9 +4,9 @@
 //!
 //! The purely element-wise parts (scale·weight, add) use pulp SIMD; they are
 //! bitwise equal to a scalar loop (no FMA contraction, no reassociation), so
-//! they need no tier selection. Transcendental parts (`exp`, `cos`, `sin`)
-//! call libm per element: that is what ggml's reference does and it keeps
-//! results independent of the CPU tier.
+//! they need no tier selection. `cos`/`sin`/`pow` call libm per element as
+//! ggml does; `exp` in SwiGLU is ggml's vectorized polynomial (see
+//! [`crate::scalar::ggml_expf`]), bitwise equal in every tier.
 
 use crate::simd_f32::{AddF32, ScaleMulF32};
 use crate::Error;
@@ -83,23 +83,27 @@ pub fn rope_norm_inplace(
         for head in x.chunks_exact_mut(head_dim) {
             let x0 = head[i];
             let x1 = head[i + 1];
-            head[i] = x0 * cos_t - x1 * sin_t;
-            head[i + 1] = x0 * sin_t + x1 * cos_t;
+            // ggml's `rotate_pairs` as GCC vectorizes and contracts it
+            // (`vfmaddsub` of x0 against the cached [cos, sin] pair), checked
+            // bitwise against llama.cpp's tensors:
+            // `fma(x0, cos, -(x1·sin))` and `fma(x0, sin, x1·cos)`.
+            head[i] = x0.mul_add(cos_t, -(x1 * sin_t));
+            head[i + 1] = x0.mul_add(sin_t, x1 * cos_t);
         }
     }
     Ok(())
 }
 
-/// `out[i] = silu(gate[i]) * up[i]` with `silu(g) = g / (1 + exp(-g))`.
+/// `out[i] = silu(gate[i]) * up[i]` with `silu(g) = g / (1 + exp(0 - g))`,
+/// `exp` being ggml's `ggml_v_expf` polynomial (bitwise what llama.cpp's
+/// `ggml_vec_swiglu_f32` computes, in every tier).
 ///
 /// # Panics
 /// If the three slices differ in length.
 pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
     assert_eq!(gate.len(), up.len(), "silu_mul: up length");
     assert_eq!(gate.len(), out.len(), "silu_mul: out length");
-    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
-        *o = (g / (1.0 + (-g).exp())) * u;
-    }
+    (crate::KernelSet::best().silu_mul_f32)(gate, up, out);
 }
 
 /// `x += y`.

@@ -1,8 +1,12 @@
 //! Scalar reference kernels: the twins every SIMD kernel is tested against,
 //! and the `Tier::Scalar` entries of the [`crate::KernelSet`].
 //!
-//! Accumulation order (per block: exact integer dot, then
-//! `sumf += (dx * dy) * sumi`) follows ggml's reference C code.
+//! Accumulation orders follow llama.cpp's batched (prompt-processing) CPU
+//! path on x86 bit for bit: the quantized dots keep eight f32 lanes updated
+//! with one FMA per block (ggml's AVX2 `vec_dot`s and llamafile's
+//! `tinyBLAS_Q0_AVX`), the f16 dot keeps sixteen (llamafile's f16
+//! `tinyBLAS`). The SIMD twins do exactly the same float operations, so the
+//! tiers agree bitwise and coordgen's logits match llama.cpp's.
 
 use crate::quant::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, QK};
 use half::f16;
@@ -13,61 +17,109 @@ pub(crate) fn assert_same_len(a: usize, b: usize) {
     assert_eq!(a, b, "dot product operands have different lengths");
 }
 
-/// Σ over blocks of `dx*dy * Σ (q4 - 8) * q8`.
+/// Sum of 8 lanes in the order of ggml's `hsum_float_8` / tinyBLAS's
+/// `hsum(__m256)`: upper half plus lower half, then the two 64-bit halves,
+/// then the last pair. Matching it keeps our logits bitwise equal to
+/// llama.cpp's batched CPU path.
+#[inline(always)]
+pub(crate) fn hsum8(a: &[f32; 8]) -> f32 {
+    let t = [a[4] + a[0], a[5] + a[1], a[6] + a[2], a[7] + a[3]];
+    (t[0] + t[2]) + (t[1] + t[3])
+}
+
+/// Sum of 16 lanes in the order of GCC's `_mm512_reduce_add_ps` (upper
+/// 256 bits plus lower, then as [`hsum8`]), which tinyBLAS and ggml's
+/// softmax use.
+#[inline(always)]
+pub(crate) fn hsum16(a: &[f32; 16]) -> f32 {
+    let mut t = [0.0f32; 8];
+    for k in 0..8 {
+        t[k] = a[k + 8] + a[k];
+    }
+    hsum8(&t)
+}
+
+/// The eight i32 lanes of an AVX2 int8 block dot: lane `j` is the exact sum
+/// of the products of elements `4j..4j+4`, converted to f32.
+#[inline(always)]
+fn block_lanes(x: impl Fn(usize) -> i32, y: &[i8; QK]) -> [f32; 8] {
+    let mut lanes = [0.0f32; 8];
+    for (j, lane) in lanes.iter_mut().enumerate() {
+        let s: i32 = (4 * j..4 * j + 4).map(|e| x(e) * y[e] as i32).sum();
+        *lane = s as f32;
+    }
+    lanes
+}
+
+/// `acc[j] = fma(d, lanes[j], acc[j])`, ggml's per-block accumulation.
+#[inline(always)]
+fn fma_lanes(acc: &mut [f32; 8], d: f32, lanes: &[f32; 8]) {
+    for (a, &l) in acc.iter_mut().zip(lanes) {
+        *a = d.mul_add(l, *a);
+    }
+}
+
+/// Σ over blocks of `dx*dy * Σ (q4 - 8) * q8`, in the order of ggml's AVX2
+/// `ggml_vec_dot_q4_0_q8_0`: eight f32 lanes, one FMA per block and lane,
+/// then [`hsum8`].
 ///
 /// # Panics
 /// If the slices have different lengths (in blocks).
 pub fn scalar_vec_dot_q4_0_q8_0(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
     assert_same_len(x.len(), y.len());
-    let mut sumf = 0.0f32;
+    let mut acc = [0.0f32; 8];
     for (bx, by) in x.iter().zip(y) {
-        let mut sumi = 0i32;
-        for j in 0..QK / 2 {
-            let v0 = (bx.qs[j] & 0x0F) as i32 - 8;
-            let v1 = (bx.qs[j] >> 4) as i32 - 8;
-            sumi += v0 * by.qs[j] as i32 + v1 * by.qs[j + QK / 2] as i32;
-        }
-        sumf += (bx.d.to_f32() * by.d.to_f32()) * sumi as f32;
+        let lanes = block_lanes(|e| nibble(&bx.qs, e) - 8, &by.qs);
+        fma_lanes(&mut acc, bx.d.to_f32() * by.d.to_f32(), &lanes);
     }
-    sumf
+    hsum8(&acc)
 }
 
-/// Σ over blocks of `dx*dy * Σ q4 * q8 + mx * sy`.
+/// Element `e` of a block of 32 packed nibbles (ggml layout: low nibbles are
+/// elements 0..16, high nibbles 16..32).
+#[inline(always)]
+fn nibble(qs: &[u8; QK / 2], e: usize) -> i32 {
+    if e < QK / 2 {
+        (qs[e] & 0x0F) as i32
+    } else {
+        (qs[e - QK / 2] >> 4) as i32
+    }
+}
+
+/// Σ over blocks of `dx*dy * Σ q4 * q8 + mx * sy`, in the order of ggml's
+/// AVX2 `ggml_vec_dot_q4_1_q8_1` (the kernel llama.cpp runs for Q4_1 on
+/// x86): eight f32 lanes with one FMA per block, and the `m·s` terms summed
+/// separately with an FMA each (GCC contracts ggml's `summs += m * s`),
+/// added after [`hsum8`].
 ///
 /// # Panics
 /// If the slices have different lengths (in blocks).
 pub fn scalar_vec_dot_q4_1_q8_1(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
     assert_same_len(x.len(), y.len());
-    let mut sumf = 0.0f32;
+    let mut acc = [0.0f32; 8];
+    let mut summs = 0.0f32;
     for (bx, by) in x.iter().zip(y) {
-        let mut sumi = 0i32;
-        for j in 0..QK / 2 {
-            let v0 = (bx.qs[j] & 0x0F) as i32;
-            let v1 = (bx.qs[j] >> 4) as i32;
-            sumi += v0 * by.qs[j] as i32 + v1 * by.qs[j + QK / 2] as i32;
-        }
-        sumf += (bx.d.to_f32() * by.d.to_f32()) * sumi as f32 + bx.m.to_f32() * by.s.to_f32();
+        summs = bx.m.to_f32().mul_add(by.s.to_f32(), summs);
+        let lanes = block_lanes(|e| nibble(&bx.qs, e), &by.qs);
+        fma_lanes(&mut acc, bx.d.to_f32() * by.d.to_f32(), &lanes);
     }
-    sumf
+    hsum8(&acc) + summs
 }
 
-/// Σ over blocks of `dx*dy * Σ qx * qy`.
+/// Σ over blocks of `dx*dy * Σ qx * qy`, in the order of llama.cpp's
+/// batched Q8_0 path (llamafile `tinyBLAS_Q0_AVX`, the same as ggml's AVX2
+/// `ggml_vec_dot_q8_0_q8_0`): eight lanes, one FMA per block, [`hsum8`].
 ///
 /// # Panics
 /// If the slices have different lengths (in blocks).
 pub fn scalar_vec_dot_q8_0_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
     assert_same_len(x.len(), y.len());
-    let mut sumf = 0.0f32;
+    let mut acc = [0.0f32; 8];
     for (bx, by) in x.iter().zip(y) {
-        let sumi: i32 = bx
-            .qs
-            .iter()
-            .zip(&by.qs)
-            .map(|(&a, &b)| a as i32 * b as i32)
-            .sum();
-        sumf += (bx.d.to_f32() * by.d.to_f32()) * sumi as f32;
+        let lanes = block_lanes(|e| bx.qs[e] as i32, &by.qs);
+        fma_lanes(&mut acc, bx.d.to_f32() * by.d.to_f32(), &lanes);
     }
-    sumf
+    hsum8(&acc)
 }
 
 /// Four dot products of one weight row against four activation rows; each
@@ -95,15 +147,20 @@ pub fn scalar_dot_f32(x: &[f32], y: &[f32]) -> f32 {
     x.iter().zip(y).fold(0.0f32, |acc, (&a, &b)| acc + a * b)
 }
 
-/// Sequential f16 × f32 dot product.
+/// f16 × f32 dot product in the order of llama.cpp's batched f16 path
+/// (llamafile `tinyBLAS<16, __m512, ..>`): element `i` goes to lane
+/// `i % 16` with an FMA, the lanes start at zero and are summed by
+/// [`hsum16`]. Attention uses it for the scores so they match bitwise.
 ///
 /// # Panics
 /// If the slices have different lengths.
 pub fn scalar_dot_f16_f32(x: &[f16], y: &[f32]) -> f32 {
     assert_same_len(x.len(), y.len());
-    x.iter()
-        .zip(y)
-        .fold(0.0f32, |acc, (&a, &b)| acc + a.to_f32() * b)
+    let mut acc = [0.0f32; 16];
+    for (i, (&a, &b)) in x.iter().zip(y).enumerate() {
+        acc[i % 16] = a.to_f32().mul_add(b, acc[i % 16]);
+    }
+    hsum16(&acc)
 }
 
 /// `y += a * x` with `x` in f16 (the value accumulation of attention).
@@ -113,7 +170,7 @@ pub fn scalar_dot_f16_f32(x: &[f16], y: &[f32]) -> f32 {
 pub fn scalar_axpy_f16_f32(a: f32, x: &[f16], y: &mut [f32]) {
     assert_same_len(x.len(), y.len());
     for (o, &v) in y.iter_mut().zip(x) {
-        *o += a * v.to_f32();
+        *o = a.mul_add(v.to_f32(), *o);
     }
 }
 
@@ -121,5 +178,70 @@ pub fn scalar_axpy_f16_f32(a: f32, x: &[f16], y: &mut [f32]) {
 pub fn scalar_scale_f32(a: f32, x: &mut [f32]) {
     for v in x {
         *v *= a;
+    }
+}
+
+/// Constants of ggml's vectorized `ggml_v_expf` (ARM optimized-routines
+/// polynomial), as bit patterns because Rust has no hex float literals.
+mod expf_consts {
+    /// `0x1.8p23`: adding it rounds to an integer.
+    pub const SHIFT: u32 = 0x4b40_0000;
+    /// `0x1.715476p+0` = log2(e).
+    pub const LOG2E: u32 = 0x3fb8_aa3b;
+    /// `0x1.62e4p-1`: ln(2), high part.
+    pub const LN2_HI: u32 = 0x3f31_7200;
+    /// `0x1.7f7d1cp-20`: ln(2), low part.
+    pub const LN2_LO: u32 = 0x35bf_be8e;
+    /// Polynomial coefficients `0x1.0e4020p-7`, `0x1.573e2ep-5`,
+    /// `0x1.555e66p-3`, `0x1.fffdb6p-2`, `0x1.ffffecp-1`.
+    pub const C5: u32 = 0x3c07_2010;
+    pub const C4: u32 = 0x3d2b_9f17;
+    pub const C3: u32 = 0x3e2a_af33;
+    pub const C2: u32 = 0x3eff_fedb;
+    pub const C1: u32 = 0x3f7f_fff6;
+}
+
+/// `exp(x)` exactly as ggml's AVX-512 `ggml_v_expf` computes it lane by lane
+/// (same FMAs, same `scalef`), which llama.cpp's softmax and SwiGLU use;
+/// libm's `expf` differs in the last bit often enough to change int8
+/// roundings downstream.
+#[inline]
+pub fn ggml_expf(x: f32) -> f32 {
+    use expf_consts::*;
+    let c = f32::from_bits;
+    let r = c(SHIFT);
+    let z = x.mul_add(c(LOG2E), r);
+    let n = z - r;
+    let b = (-n).mul_add(c(LN2_LO), (-n).mul_add(c(LN2_HI), x));
+    if n.abs() > 192.0 {
+        return if n <= 0.0 { 0.0 } else { f32::INFINITY };
+    }
+    let u = b * b;
+    let j = c(C5)
+        .mul_add(b, c(C4))
+        .mul_add(u, c(C3).mul_add(b, c(C2)))
+        .mul_add(u, c(C1).mul_add(b, 1.0));
+    // `vscalefps`: j · 2^n rounded once; the f64 product is exact
+    // (|n| <= 192), so the cast is that single rounding.
+    (j as f64 * 2f64.powi(n as i32)) as f32
+}
+
+/// `x[i] = ggml_expf(x[i])`.
+pub fn scalar_exp_f32(x: &mut [f32]) {
+    for v in x {
+        *v = ggml_expf(*v);
+    }
+}
+
+/// `out[i] = silu(gate[i]) * up[i]` as ggml's `ggml_vec_swiglu_f32`:
+/// `silu(g) = g / (1 + ggml_expf(0 - g))`.
+///
+/// # Panics
+/// If the slices differ in length.
+pub fn scalar_silu_mul_f32(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    assert_same_len(gate.len(), up.len());
+    assert_same_len(gate.len(), out.len());
+    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+        *o = (g / (1.0 + ggml_expf(0.0 - g))) * u;
     }
 }

@@ -54,6 +54,10 @@ pub(crate) fn avx2_kernel_set() -> KernelSet {
         vec_dot_q8_0_q8_0_x4: avx2_vec_dot_q8_0_q8_0_x4,
         axpy_f16_f32: avx2_axpy_f16_f32,
         scale_f32: avx2_scale_f32,
+        // AVX2 has no `vscalefps`; the scalar twins are exact and cheap
+        // next to the matmuls.
+        exp_f32: crate::scalar::scalar_exp_f32,
+        silu_mul_f32: crate::scalar::scalar_silu_mul_f32,
     }
 }
 
@@ -72,6 +76,8 @@ pub(crate) fn avx512vnni_kernel_set() -> KernelSet {
         vec_dot_q8_0_q8_0_x4: avx512vnni_vec_dot_q8_0_q8_0_x4,
         axpy_f16_f32: avx512_axpy_f16_f32,
         scale_f32: avx512_scale_f32,
+        exp_f32: avx512_exp_f32,
+        silu_mul_f32: avx512_silu_mul_f32,
     }
 }
 
@@ -239,32 +245,6 @@ fn avx512_quantize_row_q8_1(x: &[f32], y: &mut [BlockQ8_1]) {
 // Shared helpers.
 // ---------------------------------------------------------------------------
 
-/// Two f16 bit patterns packed as `lo | hi << 16` → `[lo, hi, 0, 0]` as f32.
-#[inline]
-#[target_feature(enable = "avx2,f16c")]
-fn f16x2_to_f32x4(lo: f16, hi: f16) -> __m128 {
-    let bits = lo.to_bits() as u32 | ((hi.to_bits() as u32) << 16);
-    _mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32))
-}
-
-/// The first four bytes of a block (its `d` and `m`/`s` fields) as one
-/// little-endian word: one load instead of two 16-bit ones.
-#[inline(always)]
-fn header_u32<B: bytemuck::Pod>(block: &B) -> i32 {
-    let bytes = bytemuck::bytes_of(block);
-    i32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])
-}
-
-/// The headers (two f16 each) of blocks a and b → `[a.0, a.1, b.0, b.1]` as f32.
-#[inline]
-#[target_feature(enable = "avx2,f16c")]
-fn headers_x2_to_f32x4<B: bytemuck::Pod>(a: &B, b: &B) -> __m128 {
-    _mm_cvtph_ps(_mm_insert_epi32::<1>(
-        _mm_cvtsi32_si128(header_u32(a)),
-        header_u32(b),
-    ))
-}
-
 /// Four f16 → `[a, b, c, d]` as f32.
 #[inline]
 #[target_feature(enable = "avx2,f16c")]
@@ -282,7 +262,18 @@ fn f16_to_f32(v: f16) -> f32 {
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(v.to_bits() as i32)))
 }
 
-/// Horizontal sum of 8 f32 lanes.
+/// The four lanes of `v`.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn f32x4_lanes(v: __m128) -> [f32; 4] {
+    let mut out = [0.0f32; 4];
+    // SAFETY: `out` is 16 writable bytes; `storeu` has no alignment requirement.
+    unsafe { _mm_storeu_ps(out.as_mut_ptr(), v) };
+    out
+}
+
+/// Horizontal sum of 8 f32 lanes, in the order of ggml's `hsum_float_8`
+/// (see [`crate::scalar`]).
 #[inline]
 #[target_feature(enable = "avx2")]
 fn hsum_f32x8(v: __m256) -> f32 {
@@ -387,11 +378,11 @@ unsafe fn avx2_dot_q4_1_q8_1_rows<const R: usize>(
             let by = &y[r][i];
             // [dx, mx, dy, sy] in one conversion.
             let s = f16x4_to_f32x4(bx.d, bx.m, by.d, by.s);
-            let prod = _mm_mul_ps(s, _mm_movehl_ps(s, s)); // [dx·dy, mx·sy, ..]
-            let d = _mm256_broadcastss_ps(prod);
-            sum_ms[r] += _mm_cvtss_f32(_mm_movehdup_ps(prod));
+            let [dx, mx, dy, sy] = f32x4_lanes(s);
+            // GCC contracts ggml's `summs += m * s` into an FMA; so do we.
+            sum_ms[r] = mx.mul_add(sy, sum_ms[r]);
             let q = avx2_mul_sum_u8_i8(qx, load_i8x32(&by.qs));
-            acc[r] = _mm256_fmadd_ps(d, q, acc[r]);
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dx * dy), q, acc[r]);
         }
     }
     let mut out = [0.0f32; R];
@@ -424,90 +415,19 @@ unsafe fn avx2_dot_q8_0_q8_0_rows<const R: usize>(
 }
 
 // ---------------------------------------------------------------------------
-// AVX-512 VNNI int8 dots: two blocks per 512-bit step.
-//
-// A step holds blocks a and b of the weight row, their quants in element
-// order [a0..32 | b0..32], multiplied by the matching activation bytes with
-// `vpdpbusd` (u8 × i8, four products summed per i32 lane, no saturation).
-// Lanes 0..8 belong to block a and 8..16 to block b, so one vector of
-// per-lane scales `[da·dya ×8, db·dyb ×8]` turns the partial sums into a
-// float accumulator. Odd block counts finish with one scalar-exact block.
+// AVX-512 VNNI int8 dots: one block per step in 256-bit lanes, exactly the
+// float operations of the AVX2 kernels (and so of ggml's AVX2 `vec_dot`s and
+// llamafile's `tinyBLAS_Q0_AVX`), with `vpdpbusd` (u8 × i8, four products
+// summed per i32 lane, exact) for the integer part. A 512-bit layout would
+// need another accumulation order and break bitwise equality with llama.cpp.
 // ---------------------------------------------------------------------------
 
-/// 64 weight nibbles of blocks a and b → 64 bytes `0..=15` in element order.
+/// Σ of `u8 × i8` products of 32 lanes as 8 partial i32 sums (elements
+/// `4j..4j+4` in lane `j`, exact) converted to f32.
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
-fn avx512_bytes_from_nibbles_x2(qa: &[u8; QK / 2], qb: &[u8; QK / 2]) -> __m512i {
-    let packed = _mm256_set_m128i(load_u8x16(qb), load_u8x16(qa)); // [qa | qb]
-    let high = _mm256_srli_epi16::<4>(packed);
-    // [qa, qb, qa>>4, qb>>4] → 128-bit lanes reordered to [qa, qa>>4, qb, qb>>4].
-    let t = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(packed), high);
-    let t = _mm512_shuffle_i64x2::<0b11_01_10_00>(t, t);
-    _mm512_and_si512(t, _mm512_set1_epi8(0x0F))
-}
-
-/// The activation quants of blocks a and b as one vector.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2")]
-fn avx512_load_i8x64(qa: &[i8; QK], qb: &[i8; QK]) -> __m512i {
-    _mm512_inserti64x4::<1>(_mm512_castsi256_si512(load_i8x32(qa)), load_i8x32(qb))
-}
-
-/// Broadcasts lane `ia` of `s` to lanes 0..8 and lane `ib` to lanes 8..16.
-#[inline]
-#[target_feature(enable = "avx512f")]
-fn avx512_two_scales(s: __m128, idx: __m512i) -> __m512 {
-    _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(s))
-}
-
-/// Exact integer dot of one Q4_x block (unsigned nibbles, `offset` subtracted)
-/// with one Q8 block, for the odd last block.
-#[inline]
-fn block_dot_nibbles(qs: &[u8; QK / 2], offset: i32, y: &[i8; QK]) -> i32 {
-    let mut sumi = 0;
-    for j in 0..QK / 2 {
-        sumi += ((qs[j] & 0x0F) as i32 - offset) * y[j] as i32;
-        sumi += ((qs[j] >> 4) as i32 - offset) * y[j + QK / 2] as i32;
-    }
-    sumi
-}
-
-/// Scale lanes for [`avx512vnni_q4_1_pair`]: the products come as
-/// `[dx_a·dy_a, mx_a·sy_a, dx_b·dy_b, mx_b·sy_b]`; lane 0 feeds block a's
-/// eight i32 lanes, lane 2 block b's.
-#[inline]
-#[target_feature(enable = "avx512f")]
-fn q4_1_scale_index() -> __m512i {
-    _mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0)
-}
-
-/// Blocks `$b` and `$b + 1` of Q4_1 row `$x` against the `R` Q8_1 rows `$y`,
-/// accumulated into `$acc` (d terms, 16 lanes) and `$acc_ms` (m·s terms in
-/// lanes 1 and 3). A macro rather than a function: LLVM does not inline
-/// `#[target_feature]` helpers that take arrays of accumulators by reference,
-/// and the call would cost as much as the work.
-macro_rules! avx512vnni_q4_1_pair {
-    ($x:expr, $y:expr, $b:expr, $acc:expr, $acc_ms:expr) => {{
-        let b = $b;
-        // SAFETY: callers pass `b + 1 < x.len() <= y[r].len()` (the
-        // `*_rows` precondition), so the unchecked indexing is in bounds.
-        let (xa, xb) = unsafe { ($x.get_unchecked(b), $x.get_unchecked(b + 1)) };
-        let qx = avx512_bytes_from_nibbles_x2(&xa.qs, &xb.qs);
-        let sx = headers_x2_to_f32x4(xa, xb);
-        for r in 0..R {
-            // SAFETY: as above.
-            let (ya, yb) = unsafe { ($y[r].get_unchecked(b), $y[r].get_unchecked(b + 1)) };
-            let qy = avx512_load_i8x64(&ya.qs, &yb.qs);
-            let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), qx, qy);
-            let s = _mm_mul_ps(sx, headers_x2_to_f32x4(ya, yb));
-            $acc_ms[r] = _mm_add_ps($acc_ms[r], s);
-            $acc[r] = _mm512_fmadd_ps(
-                avx512_two_scales(s, q4_1_scale_index()),
-                _mm512_cvtepi32_ps(dot),
-                $acc[r],
-            );
-        }
-    }};
+#[target_feature(enable = "avx512f,avx512vl,avx512vnni,avx2")]
+fn vnni_mul_sum_u8_i8(ax: __m256i, sy: __m256i) -> __m256 {
+    _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), ax, sy))
 }
 
 /// # Safety
@@ -518,29 +438,24 @@ unsafe fn avx512vnni_dot_q4_1_q8_1_rows<const R: usize>(
     x: &[BlockQ4_1],
     y: [&[BlockQ8_1]; R],
 ) -> [f32; R] {
-    // Two accumulator sets (even / odd pair) hide the FMA latency.
-    let mut acc = [[_mm512_setzero_ps(); R]; 2];
-    let mut acc_ms = [[_mm_setzero_ps(); R]; 2];
-    let quads = x.len() / 4;
-    for q in 0..quads {
-        avx512vnni_q4_1_pair!(x, y, 4 * q, acc[0], acc_ms[0]);
-        avx512vnni_q4_1_pair!(x, y, 4 * q + 2, acc[1], acc_ms[1]);
-    }
-    if x.len() % 4 >= 2 {
-        avx512vnni_q4_1_pair!(x, y, 4 * quads, acc[0], acc_ms[0]);
+    let mut acc = [_mm256_setzero_ps(); R];
+    let mut sum_ms = [0.0f32; R];
+    for (i, bx) in x.iter().enumerate() {
+        let qx = avx2_bytes_from_nibbles(&bx.qs);
+        for r in 0..R {
+            // SAFETY: `i < x.len() <= y[r].len()` (this function's precondition).
+            let by = unsafe { y[r].get_unchecked(i) };
+            let s = f16x4_to_f32x4(bx.d, bx.m, by.d, by.s);
+            let [dx, mx, dy, sy] = f32x4_lanes(s);
+            // GCC contracts ggml's `summs += m * s` into an FMA; so do we.
+            sum_ms[r] = mx.mul_add(sy, sum_ms[r]);
+            let q = vnni_mul_sum_u8_i8(qx, load_i8x32(&by.qs));
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dx * dy), q, acc[r]);
+        }
     }
     let mut out = [0.0f32; R];
     for r in 0..R {
-        let ms = _mm_add_ps(acc_ms[0][r], acc_ms[1][r]);
-        let mut sum = _mm512_reduce_add_ps(_mm512_add_ps(acc[0][r], acc[1][r]))
-            + (_mm_cvtss_f32(_mm_movehdup_ps(ms)) + _mm_cvtss_f32(_mm_shuffle_ps::<3>(ms, ms)));
-        if x.len() % 2 == 1 {
-            let (bx, by) = (&x[x.len() - 1], &y[r][x.len() - 1]);
-            let sumi = block_dot_nibbles(&bx.qs, 0, &by.qs);
-            sum += (f16_to_f32(bx.d) * f16_to_f32(by.d)) * sumi as f32
-                + f16_to_f32(bx.m) * f16_to_f32(by.s);
-        }
-        out[r] = sum;
+        out[r] = hsum_f32x8(acc[r]) + sum_ms[r];
     }
     out
 }
@@ -552,38 +467,20 @@ unsafe fn avx512vnni_dot_q4_0_q8_0_rows<const R: usize>(
     x: &[BlockQ4_0],
     y: [&[BlockQ8_0]; R],
 ) -> [f32; R] {
-    // Scales as [dx_a, dx_b, 0, 0] · [dy_a, dy_b, 0, 0].
-    let idx = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
-    let eights = _mm512_set1_epi8(8);
-    let mut acc = [_mm512_setzero_ps(); R];
-    let pairs = x.len() / 2;
-    for p in 0..pairs {
-        let (xa, xb) = (&x[2 * p], &x[2 * p + 1]);
-        let qx = avx512_bytes_from_nibbles_x2(&xa.qs, &xb.qs);
-        let sx = f16x2_to_f32x4(xa.d, xb.d);
+    let mut acc = [_mm256_setzero_ps(); R];
+    for (i, bx) in x.iter().enumerate() {
+        let qx = _mm256_sub_epi8(avx2_bytes_from_nibbles(&bx.qs), _mm256_set1_epi8(8));
+        let ax = _mm256_sign_epi8(qx, qx);
+        let dx = f16_to_f32(bx.d);
         for r in 0..R {
-            let (ya, yb) = (&y[r][2 * p], &y[r][2 * p + 1]);
-            let qy = avx512_load_i8x64(&ya.qs, &yb.qs);
-            // Σ (q - 8)·y = Σ q·y - Σ 8·y, both exact in i32.
-            let dot = _mm512_sub_epi32(
-                _mm512_dpbusd_epi32(_mm512_setzero_si512(), qx, qy),
-                _mm512_dpbusd_epi32(_mm512_setzero_si512(), eights, qy),
-            );
-            let s = _mm_mul_ps(sx, f16x2_to_f32x4(ya.d, yb.d));
-            acc[r] = _mm512_fmadd_ps(avx512_two_scales(s, idx), _mm512_cvtepi32_ps(dot), acc[r]);
+            // SAFETY: `i < x.len() <= y[r].len()` (this function's precondition).
+            let by = unsafe { y[r].get_unchecked(i) };
+            let d = _mm256_set1_ps(dx * f16_to_f32(by.d));
+            let sy = _mm256_sign_epi8(load_i8x32(&by.qs), qx);
+            acc[r] = _mm256_fmadd_ps(d, vnni_mul_sum_u8_i8(ax, sy), acc[r]);
         }
     }
-    let mut out = [0.0f32; R];
-    for r in 0..R {
-        let mut sum = _mm512_reduce_add_ps(acc[r]);
-        if x.len() % 2 == 1 {
-            let (bx, by) = (&x[x.len() - 1], &y[r][x.len() - 1]);
-            let sumi = block_dot_nibbles(&bx.qs, 8, &by.qs);
-            sum += (f16_to_f32(bx.d) * f16_to_f32(by.d)) * sumi as f32;
-        }
-        out[r] = sum;
-    }
-    out
+    acc.map(|a| hsum_f32x8(a))
 }
 
 /// # Safety
@@ -593,44 +490,20 @@ unsafe fn avx512vnni_dot_q8_0_q8_0_rows<const R: usize>(
     x: &[BlockQ8_0],
     y: [&[BlockQ8_0]; R],
 ) -> [f32; R] {
-    let idx = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
-    let mut acc = [_mm512_setzero_ps(); R];
-    let pairs = x.len() / 2;
-    for p in 0..pairs {
-        // SAFETY: `2p + 1 < x.len() <= y[r].len()` (this function's precondition).
-        let (xa, xb) = unsafe { (x.get_unchecked(2 * p), x.get_unchecked(2 * p + 1)) };
-        let qx = avx512_load_i8x64(&xa.qs, &xb.qs);
-        // vpdpbusd wants one unsigned operand: |x| as u8, and y takes x's sign
-        // (AVX-512 has no vpsignb, so negate y where x < 0 under a mask).
-        let ax = _mm512_abs_epi8(qx);
-        let negative = _mm512_movepi8_mask(qx);
-        let sx = f16x2_to_f32x4(xa.d, xb.d);
+    let mut acc = [_mm256_setzero_ps(); R];
+    for (i, bx) in x.iter().enumerate() {
+        let qx = load_i8x32(&bx.qs);
+        let ax = _mm256_sign_epi8(qx, qx);
+        let dx = f16_to_f32(bx.d);
         for r in 0..R {
-            // SAFETY: as above.
-            let (ya, yb) = unsafe { (y[r].get_unchecked(2 * p), y[r].get_unchecked(2 * p + 1)) };
-            let qy = avx512_load_i8x64(&ya.qs, &yb.qs);
-            let sy = _mm512_mask_sub_epi8(qy, negative, _mm512_setzero_si512(), qy);
-            let dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), ax, sy);
-            let s = _mm_mul_ps(sx, f16x2_to_f32x4(ya.d, yb.d));
-            acc[r] = _mm512_fmadd_ps(avx512_two_scales(s, idx), _mm512_cvtepi32_ps(dot), acc[r]);
+            // SAFETY: `i < x.len() <= y[r].len()` (this function's precondition).
+            let by = unsafe { y[r].get_unchecked(i) };
+            let d = _mm256_set1_ps(dx * f16_to_f32(by.d));
+            let sy = _mm256_sign_epi8(load_i8x32(&by.qs), qx);
+            acc[r] = _mm256_fmadd_ps(d, vnni_mul_sum_u8_i8(ax, sy), acc[r]);
         }
     }
-    let mut out = [0.0f32; R];
-    for r in 0..R {
-        let mut sum = _mm512_reduce_add_ps(acc[r]);
-        if x.len() % 2 == 1 {
-            let (bx, by) = (&x[x.len() - 1], &y[r][x.len() - 1]);
-            let sumi: i32 = bx
-                .qs
-                .iter()
-                .zip(&by.qs)
-                .map(|(&a, &b)| a as i32 * b as i32)
-                .sum();
-            sum += (f16_to_f32(bx.d) * f16_to_f32(by.d)) * sumi as f32;
-        }
-        out[r] = sum;
-    }
-    out
+    acc.map(|a| hsum_f32x8(a))
 }
 
 // ---------------------------------------------------------------------------
@@ -715,71 +588,89 @@ unsafe fn avx512_quantize_block_q8(x: &[f32], qs: &mut [i8; QK]) -> (f32, i32) {
 // f16 × f32 kernels (attention over the f16 KV cache, f16 weights).
 // ---------------------------------------------------------------------------
 
+/// Sixteen-lane f16 × f32 dot (lanes 0..8 in `lo`, 8..16 in `hi`), the
+/// order of llamafile's f16 `tinyBLAS` and of [`crate::scalar::scalar_dot_f16_f32`]:
+/// element `i` is FMA'd into lane `i % 16`, then the lanes are summed as
+/// GCC's `_mm512_reduce_add_ps` does.
+///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C; `y.len() >= x.len()`.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn avx2_dot_f16_f32_impl(x: &[f16], y: &[f32]) -> f32 {
     let n = x.len();
     let (xp, yp) = (x.as_ptr(), y.as_ptr());
-    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut lo = _mm256_setzero_ps();
+    let mut hi = _mm256_setzero_ps();
     let mut i = 0;
-    // SAFETY (all loads below): `i + width <= n <= y.len()`, so every loaded
+    // SAFETY (all loads below): `i + 16 <= n <= y.len()`, so every loaded
     // element is in bounds; unaligned loads are allowed.
     unsafe {
-        while i + 32 <= n {
-            for (k, a) in acc.iter_mut().enumerate() {
-                let xv = _mm256_cvtph_ps(_mm_loadu_si128(xp.add(i + 8 * k).cast()));
-                *a = _mm256_fmadd_ps(xv, _mm256_loadu_ps(yp.add(i + 8 * k)), *a);
-            }
-            i += 32;
-        }
-        while i + 8 <= n {
-            let xv = _mm256_cvtph_ps(_mm_loadu_si128(xp.add(i).cast()));
-            acc[0] = _mm256_fmadd_ps(xv, _mm256_loadu_ps(yp.add(i)), acc[0]);
-            i += 8;
+        while i + 16 <= n {
+            let x0 = _mm256_cvtph_ps(_mm_loadu_si128(xp.add(i).cast()));
+            let x1 = _mm256_cvtph_ps(_mm_loadu_si128(xp.add(i + 8).cast()));
+            lo = _mm256_fmadd_ps(x0, _mm256_loadu_ps(yp.add(i)), lo);
+            hi = _mm256_fmadd_ps(x1, _mm256_loadu_ps(yp.add(i + 8)), hi);
+            i += 16;
         }
     }
-    let mut sum = hsum_f32x8(_mm256_add_ps(
-        _mm256_add_ps(acc[0], acc[1]),
-        _mm256_add_ps(acc[2], acc[3]),
-    ));
+    let mut lanes = [0.0f32; 16];
+    // SAFETY: `lanes` is 64 writable bytes; unaligned stores are allowed.
+    unsafe {
+        _mm256_storeu_ps(lanes.as_mut_ptr(), lo);
+        _mm256_storeu_ps(lanes.as_mut_ptr().add(8), hi);
+    }
     for j in i..n {
-        sum += f16_to_f32(x[j]) * y[j];
+        lanes[j % 16] = f16_to_f32(x[j]).mul_add(y[j], lanes[j % 16]);
     }
-    sum
+    crate::scalar::hsum16(&lanes)
 }
 
+/// Sum of 16 lanes in GCC's `_mm512_reduce_add_ps` order (see
+/// [`crate::scalar::hsum16`]).
+#[inline]
+#[target_feature(enable = "avx512f,avx2")]
+fn hsum_f32x16(v: __m512) -> f32 {
+    hsum_f32x8(_mm256_add_ps(
+        _mm512_extractf32x8_ps_compat(v),
+        _mm512_castps512_ps256(v),
+    ))
+}
+
+/// The upper 256 bits of `v` (`vextractf64x4`, which needs only AVX-512 F).
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn _mm512_extractf32x8_ps_compat(v: __m512) -> __m256 {
+    _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)))
+}
+
+/// AVX-512 twin of [`avx2_dot_f16_f32_impl`] (same lanes, same order).
+///
 /// # Safety
 /// The CPU must support AVX-512 F, AVX2, FMA and F16C; `y.len() >= x.len()`.
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
 unsafe fn avx512_dot_f16_f32_impl(x: &[f16], y: &[f32]) -> f32 {
     let n = x.len();
     let (xp, yp) = (x.as_ptr(), y.as_ptr());
-    let mut acc = [_mm512_setzero_ps(); 4];
+    let mut acc = _mm512_setzero_ps();
     let mut i = 0;
-    // SAFETY (all loads below): `i + width <= n <= y.len()`.
+    // SAFETY (all loads below): `i + 16 <= n <= y.len()`.
     unsafe {
-        while i + 64 <= n {
-            for (k, a) in acc.iter_mut().enumerate() {
-                let xv = _mm512_cvtph_ps(_mm256_loadu_si256(xp.add(i + 16 * k).cast()));
-                *a = _mm512_fmadd_ps(xv, _mm512_loadu_ps(yp.add(i + 16 * k)), *a);
-            }
-            i += 64;
-        }
         while i + 16 <= n {
             let xv = _mm512_cvtph_ps(_mm256_loadu_si256(xp.add(i).cast()));
-            acc[0] = _mm512_fmadd_ps(xv, _mm512_loadu_ps(yp.add(i)), acc[0]);
+            acc = _mm512_fmadd_ps(xv, _mm512_loadu_ps(yp.add(i)), acc);
             i += 16;
         }
     }
-    let mut sum = _mm512_reduce_add_ps(_mm512_add_ps(
-        _mm512_add_ps(acc[0], acc[1]),
-        _mm512_add_ps(acc[2], acc[3]),
-    ));
-    for j in i..n {
-        sum += f16_to_f32(x[j]) * y[j];
+    if i == n {
+        return hsum_f32x16(acc);
     }
-    sum
+    let mut lanes = [0.0f32; 16];
+    // SAFETY: `lanes` is 64 writable bytes; unaligned stores are allowed.
+    unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), acc) };
+    for j in i..n {
+        lanes[j % 16] = f16_to_f32(x[j]).mul_add(y[j], lanes[j % 16]);
+    }
+    crate::scalar::hsum16(&lanes)
 }
 
 /// # Safety
@@ -822,4 +713,90 @@ unsafe fn avx512_axpy_f16_f32_impl(a: f32, x: &[f16], y: &mut [f32]) {
     for j in i..n {
         y[j] = a.mul_add(f16_to_f32(x[j]), y[j]);
     }
+}
+
+// ---------------------------------------------------------------------------
+// ggml's `ggml_v_expf` / `ggml_v_silu` (AVX-512), for softmax and SwiGLU.
+// ---------------------------------------------------------------------------
+
+fn avx512_exp_f32(x: &mut [f32]) {
+    // SAFETY: only installed in the AVX-512 KernelSet, built after
+    // `avx512vnni_available()` succeeded.
+    unsafe { avx512_exp_f32_impl(x) }
+}
+
+fn avx512_silu_mul_f32(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    assert_same_len(gate.len(), up.len());
+    assert_same_len(gate.len(), out.len());
+    // SAFETY: as `avx512_exp_f32`; the lengths are checked above.
+    unsafe { avx512_silu_mul_f32_impl(gate, up, out) }
+}
+
+/// ggml's AVX-512 `ggml_v_expf`, operation for operation (see
+/// [`crate::scalar::ggml_expf`], its scalar twin).
+#[inline]
+#[target_feature(enable = "avx512f,avx2,fma")]
+fn avx512_expf(x: __m512) -> __m512 {
+    let c = |bits: u32| _mm512_set1_ps(f32::from_bits(bits));
+    let r = c(0x4b40_0000);
+    let z = _mm512_fmadd_ps(x, c(0x3fb8_aa3b), r);
+    let n = _mm512_sub_ps(z, r);
+    let b = _mm512_fnmadd_ps(n, c(0x35bf_be8e), _mm512_fnmadd_ps(n, c(0x3f31_7200), x));
+    let d = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(_mm512_abs_ps(n), _mm512_set1_ps(192.0));
+    let u = _mm512_mul_ps(b, b);
+    let j = _mm512_fmadd_ps(
+        _mm512_fmadd_ps(
+            _mm512_fmadd_ps(c(0x3c07_2010), b, c(0x3d2b_9f17)),
+            u,
+            _mm512_fmadd_ps(c(0x3e2a_af33), b, c(0x3eff_fedb)),
+        ),
+        u,
+        _mm512_fmadd_ps(c(0x3f7f_fff6), b, _mm512_set1_ps(1.0)),
+    );
+    let res = _mm512_scalef_ps(j, n);
+    if d == 0 {
+        return res;
+    }
+    let zero = _mm512_setzero_ps();
+    let alt = _mm512_mask_blend_ps(
+        _mm512_cmp_ps_mask::<_CMP_LE_OQ>(n, zero),
+        _mm512_set1_ps(f32::INFINITY),
+        zero,
+    );
+    _mm512_mask_blend_ps(d, res, alt)
+}
+
+/// # Safety
+/// The CPU must support AVX-512 F, AVX2 and FMA.
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn avx512_exp_f32_impl(x: &mut [f32]) {
+    let mut chunks = x.chunks_exact_mut(16);
+    for ch in &mut chunks {
+        // SAFETY: `ch` is 16 f32; unaligned loads/stores are allowed.
+        unsafe {
+            let v = _mm512_loadu_ps(ch.as_ptr());
+            _mm512_storeu_ps(ch.as_mut_ptr(), avx512_expf(v));
+        }
+    }
+    crate::scalar::scalar_exp_f32(chunks.into_remainder());
+}
+
+/// # Safety
+/// The CPU must support AVX-512 F, AVX2 and FMA; the slices have equal lengths.
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn avx512_silu_mul_f32_impl(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    let n = gate.len();
+    let mut i = 0;
+    while i + 16 <= n {
+        // SAFETY: `i + 16 <= n`, the length of all three slices.
+        unsafe {
+            let g = _mm512_loadu_ps(gate.as_ptr().add(i));
+            let e = avx512_expf(_mm512_sub_ps(_mm512_setzero_ps(), g));
+            let silu = _mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.0), e));
+            let y = _mm512_mul_ps(silu, _mm512_loadu_ps(up.as_ptr().add(i)));
+            _mm512_storeu_ps(out.as_mut_ptr().add(i), y);
+        }
+        i += 16;
+    }
+    crate::scalar::scalar_silu_mul_f32(&gate[i..], &up[i..], &mut out[i..]);
 }

@@ -133,7 +133,13 @@ fn matches_f64_reference() {
                 .collect();
             for h in 0..n_heads {
                 let kvh = h / (n_heads / n_kv_heads);
-                let qv = &q[(row * n_heads + h) * head_dim..][..head_dim];
+                // llama.cpp's roundings, which attention reproduces: the
+                // query is rounded to f16 like the keys, the normalized
+                // probabilities are rounded to f16 like the values.
+                let qv: Vec<f32> = q[(row * n_heads + h) * head_dim..][..head_dim]
+                    .iter()
+                    .map(|&x| f16::from_f32(x).to_f32())
+                    .collect();
                 let at = |buf: &[f16], t: usize, d: usize| {
                     buf[(t * n_kv_heads + kvh) * head_dim + d].to_f32() as f64
                 };
@@ -153,9 +159,10 @@ fn matches_f64_reference() {
                     let exact: f64 = slots
                         .iter()
                         .zip(&w)
-                        .map(|(&t, wi)| wi * at(&case.v, t, d))
-                        .sum::<f64>()
-                        / z;
+                        .map(|(&t, wi)| {
+                            f16::from_f64(wi / z).to_f64() * at(&case.v, t, d)
+                        })
+                        .sum::<f64>();
                     let got = out[(row * n_heads + h) * head_dim + d] as f64;
                     assert!(
                         (got - exact).abs() <= 1.2e-4,

@@ -1,12 +1,10 @@
 //! Every SIMD kernel against its scalar twin, per instruction-set tier.
 //!
 //! Tolerances:
-//! * quantized dots: `|simd - scalar| <= 1e-5 · B` where
-//!   `B = Σ_blocks (|dx·dy| · Σ_j |qx_j·qy_j| + |mx·sy|)` bounds every partial
-//!   sum either order can form, so the slack is only f32 reassociation;
-//! * f32 / f16 dots: `1e-5 · Σ |x_i·y_i|`;
-//! * `axpy_f16_f32`: per element `2^-22 · (|a·x| + |y|)` (FMA vs mul+add);
-//! * activation quantizers and `scale_f32`: bit-identical;
+//! * quantized dots, the f16 dot, `axpy_f16_f32`, `exp_f32`, `silu_mul_f32`,
+//!   the activation quantizers and `scale_f32`: bit-identical (every tier
+//!   follows llama.cpp's order of float operations);
+//! * `dot_f32`: `1e-5 · Σ |x_i·y_i|` (reassociated per tier);
 //! * the `_x4` kernels: bitwise equal, per row, to the tier's single-row kernel.
 //!
 //! A tier this CPU lacks is skipped with a note on stderr.
@@ -19,27 +17,22 @@ use coordgen_kernels::scalar::*;
 use coordgen_kernels::{f16, Tier};
 use proptest::prelude::*;
 
-fn q4_bound(dxdy: f32, qx: impl Fn(usize) -> i32, qy: &[i8; QK]) -> f32 {
-    (0..QK)
-        .map(|j| (qx(j) * qy[j] as i32).abs() as f32)
-        .sum::<f32>()
-        * dxdy.abs()
-}
-
-fn nib(qs: &[u8; 16], j: usize) -> i32 {
-    if j < 16 {
-        (qs[j] & 15) as i32
-    } else {
-        (qs[j - 16] >> 4) as i32
-    }
-}
-
 fn assert_close(what: &str, simd: f32, scalar: f32, bound: f32) {
     let tol = 1e-5 * bound + 1e-30;
     assert!(
         (simd - scalar).abs() <= tol,
         "{what}: simd {simd} vs scalar {scalar} (|diff| {} > tol {tol})",
         (simd - scalar).abs()
+    );
+}
+
+/// Bitwise equality: the SIMD kernels do the scalar twins' float operations
+/// in the same order (llama.cpp's), so they must agree to the last bit.
+fn assert_bits(what: &str, simd: f32, scalar: f32) {
+    assert_eq!(
+        simd.to_bits(),
+        scalar.to_bits(),
+        "{what}: simd {simd} vs scalar {scalar}"
     );
 }
 
@@ -51,13 +44,8 @@ fn check_q4_0(tier: Tier, nb: usize, seed: u64) {
     let x = rng.vec(nb, Rng::block_q4_0);
     let ys: Vec<Vec<BlockQ8_0>> = (0..4).map(|_| rng.vec(nb, Rng::block_q8_0)).collect();
     for y in &ys {
-        let bound: f32 = x
-            .iter()
-            .zip(y)
-            .map(|(a, b)| q4_bound(a.d.to_f32() * b.d.to_f32(), |j| nib(&a.qs, j) - 8, &b.qs))
-            .sum();
         let simd = (ks.vec_dot_q4_0_q8_0)(&x, y);
-        assert_close("q4_0·q8_0", simd, scalar_vec_dot_q4_0_q8_0(&x, y), bound);
+        assert_bits("q4_0·q8_0", simd, scalar_vec_dot_q4_0_q8_0(&x, y));
     }
     let x4 = (ks.vec_dot_q4_0_q8_0_x4)(&x, [&ys[0], &ys[1], &ys[2], &ys[3]]);
     for (r, y) in ys.iter().enumerate() {
@@ -77,16 +65,8 @@ fn check_q4_1(tier: Tier, nb: usize, seed: u64) {
     let x = rng.vec(nb, Rng::block_q4_1);
     let ys: Vec<Vec<BlockQ8_1>> = (0..4).map(|_| rng.vec(nb, Rng::block_q8_1)).collect();
     for y in &ys {
-        let bound: f32 = x
-            .iter()
-            .zip(y)
-            .map(|(a, b)| {
-                q4_bound(a.d.to_f32() * b.d.to_f32(), |j| nib(&a.qs, j), &b.qs)
-                    + (a.m.to_f32() * b.s.to_f32()).abs()
-            })
-            .sum();
         let simd = (ks.vec_dot_q4_1_q8_1)(&x, y);
-        assert_close("q4_1·q8_1", simd, scalar_vec_dot_q4_1_q8_1(&x, y), bound);
+        assert_bits("q4_1·q8_1", simd, scalar_vec_dot_q4_1_q8_1(&x, y));
     }
     let x4 = (ks.vec_dot_q4_1_q8_1_x4)(&x, [&ys[0], &ys[1], &ys[2], &ys[3]]);
     for (r, y) in ys.iter().enumerate() {
@@ -106,13 +86,8 @@ fn check_q8_0(tier: Tier, nb: usize, seed: u64) {
     let x = rng.vec(nb, Rng::block_q8_0);
     let ys: Vec<Vec<BlockQ8_0>> = (0..4).map(|_| rng.vec(nb, Rng::block_q8_0)).collect();
     for y in &ys {
-        let bound: f32 = x
-            .iter()
-            .zip(y)
-            .map(|(a, b)| q4_bound(a.d.to_f32() * b.d.to_f32(), |j| a.qs[j] as i32, &b.qs))
-            .sum();
         let simd = (ks.vec_dot_q8_0_q8_0)(&x, y);
-        assert_close("q8_0·q8_0", simd, scalar_vec_dot_q8_0_q8_0(&x, y), bound);
+        assert_bits("q8_0·q8_0", simd, scalar_vec_dot_q8_0_q8_0(&x, y));
     }
     let x4 = (ks.vec_dot_q8_0_q8_0_x4)(&x, [&ys[0], &ys[1], &ys[2], &ys[3]]);
     for (r, y) in ys.iter().enumerate() {
@@ -177,12 +152,10 @@ fn check_dot_f16_f32(tier: Tier, len: usize, seed: u64) {
     let mut rng = Rng::new(seed);
     let x: Vec<f16> = rng.vec(len, |r| f16::from_f32(r.unit() * 4.0));
     let y = rng.vec(len, Rng::unit);
-    let bound: f32 = x.iter().zip(&y).map(|(a, b)| (a.to_f32() * b).abs()).sum();
-    assert_close(
+    assert_bits(
         "dot_f16_f32",
         (ks.dot_f16_f32)(&x, &y),
         scalar_dot_f16_f32(&x, &y),
-        bound,
     );
 }
 
@@ -198,13 +171,50 @@ fn check_axpy_f16_f32(tier: Tier, len: usize, seed: u64) {
     (ks.axpy_f16_f32)(a, &x, &mut ys);
     scalar_axpy_f16_f32(a, &x, &mut yr);
     for i in 0..len {
-        let tol = 2f32.powi(-22) * ((a * x[i].to_f32()).abs() + y0[i].abs());
-        assert!(
-            (ys[i] - yr[i]).abs() <= tol,
-            "axpy[{i}]: {} vs {}",
-            ys[i],
-            yr[i]
-        );
+        assert_bits("axpy", ys[i], yr[i]);
+    }
+}
+
+fn check_exp_f32(tier: Tier, len: usize, seed: u64) {
+    let Some(ks) = kernels_or_skip(tier) else {
+        return;
+    };
+    let mut rng = Rng::new(seed);
+    // Softmax and SiLU range, plus the edges of the polynomial's domain.
+    let mut x0 = rng.vec(len, |r| r.unit() * 120.0);
+    let specials = [
+        f32::NEG_INFINITY,
+        -104.0,
+        -88.0,
+        -0.0,
+        0.0,
+        88.0,
+        89.0,
+        1e-7,
+    ];
+    for (v, s) in x0.iter_mut().zip(specials) {
+        *v = s;
+    }
+    let (mut xs, mut xr) = (x0.clone(), x0);
+    (ks.exp_f32)(&mut xs);
+    scalar_exp_f32(&mut xr);
+    for (i, (&a, &b)) in xs.iter().zip(&xr).enumerate() {
+        assert_bits(&format!("exp[{i}]"), a, b);
+    }
+}
+
+fn check_silu_mul_f32(tier: Tier, len: usize, seed: u64) {
+    let Some(ks) = kernels_or_skip(tier) else {
+        return;
+    };
+    let mut rng = Rng::new(seed);
+    let gate = rng.vec(len, |r| r.unit() * 20.0);
+    let up = rng.vec(len, Rng::unit);
+    let (mut os, mut or) = (vec![0.0; len], vec![0.0; len]);
+    (ks.silu_mul_f32)(&gate, &up, &mut os);
+    scalar_silu_mul_f32(&gate, &up, &mut or);
+    for (i, (&a, &b)) in os.iter().zip(&or).enumerate() {
+        assert_bits(&format!("silu_mul[{i}]"), a, b);
     }
 }
 
@@ -238,6 +248,8 @@ macro_rules! simd_twin_tests {
                 #[test] fn dot_f16_f32(len in 0usize..600, seed in any::<u64>()) { check_dot_f16_f32(TIER, len, seed) }
                 #[test] fn axpy_f16_f32(len in 0usize..300, seed in any::<u64>()) { check_axpy_f16_f32(TIER, len, seed) }
                 #[test] fn scale_f32(len in 0usize..300, seed in any::<u64>()) { check_scale_f32(TIER, len, seed) }
+                #[test] fn exp_f32(len in 0usize..300, seed in any::<u64>()) { check_exp_f32(TIER, len, seed) }
+                #[test] fn silu_mul_f32(len in 0usize..300, seed in any::<u64>()) { check_silu_mul_f32(TIER, len, seed) }
             }
         }
     )*};
