@@ -11,11 +11,12 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum Error {
     // === I/O ===
-    #[error("cannot open {path}: {source}")]
+    /// A file could not be opened or mapped. The reason is in the message,
+    /// not in `source()`, so a printed error chain does not repeat it.
+    #[error("cannot open {path}: {reason}")]
     Open {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        reason: std::io::Error,
     },
 
     // === GGUF ===
@@ -135,11 +136,10 @@ pub enum Error {
         actual: u64,
     },
     /// `GgufWriter::write_to` failed to write the file.
-    #[error("cannot write GGUF file {path}: {source}")]
+    #[error("cannot write GGUF file {path}: {reason}")]
     GgufWrite {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        reason: std::io::Error,
     },
 
     // === Tokenizer and chat template ===

@@ -568,9 +568,9 @@ impl GgufFile {
     /// Maps `path` read-only and parses it.
     pub fn open(path: impl AsRef<Path>) -> Result<GgufFile> {
         let path = path.as_ref();
-        let open_error = |source| Error::Open {
+        let open_error = |reason| Error::Open {
             path: path.to_path_buf(),
-            source,
+            reason,
         };
         let file = std::fs::File::open(path).map_err(open_error)?;
         // SAFETY: the mapping is read-only and we never hand out a mutable

@@ -131,9 +131,9 @@ impl GgufWriter {
     /// Serializes the file and writes it to `path`.
     pub fn write_to(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        std::fs::write(path, self.to_bytes()).map_err(|source| Error::GgufWrite {
+        std::fs::write(path, self.to_bytes()).map_err(|reason| Error::GgufWrite {
             path: path.to_path_buf(),
-            source,
+            reason,
         })
     }
 }
