@@ -378,9 +378,16 @@ def last_logits(model):
     return np.ctypeslib.as_array(ptr, shape=(n_vocab,)).astype(np.float32).copy()
 
 
-def greedy_decode(model, prompt_tokens, n_new, stop_at_eos):
-    """llama.cpp decode path: prompt in one batch, then one token per llama_decode.
-    Greedy = argmax (first index on ties, like llama_sampler_init_greedy)."""
+def greedy_decode(model, prompt_tokens, n_new, stop_at_eos, batched):
+    """Greedy continuation (argmax, first index on ties, like llama.cpp's greedy
+    sampler). The prompt goes in one llama_decode. Then:
+    - batched=False: llama.cpp's decode path, one token per llama_decode;
+    - batched=True: llama.cpp's batched (prompt-processing) path at every step:
+      the new token is evaluated together with the previous one (which is
+      dropped from the KV cache and recomputed), so every llama_decode has
+      n_tokens >= 2 and llama.cpp uses its prompt kernels (llamafile sgemm is
+      skipped below 2 tokens). check_batched_greedy() verifies that this equals
+      re-evaluating the whole sequence in one batch."""
     eos = model.token_eos()
     model.reset()
     model.eval(prompt_tokens)
@@ -394,36 +401,29 @@ def greedy_decode(model, prompt_tokens, n_new, stop_at_eos):
         if stop_at_eos and tok == eos:
             break
         if step + 1 < n_new:
-            model.eval([tok])
+            if batched:
+                prev = model.input_ids[model.n_tokens - 1]
+                model.n_tokens -= 1
+                model.eval([int(prev), tok])
+            else:
+                model.eval([tok])
     return tokens, margins
 
 
-def greedy_decode_batched(model, prompt_tokens, n_new, stop_at_eos):
-    """llama.cpp batched path for every step: after the prompt (one batch),
-    each new token is evaluated together with the token before it (the
-    previous one is dropped from the KV cache and recomputed), so every
-    llama_decode has n_tokens >= 2 and llama.cpp uses its prompt-processing
-    kernels throughout. Its per-element results do not depend on the batch
-    size once n >= 2, so this equals re-evaluating the whole sequence in one
-    batch at every step (checked by --check-batched-greedy), at a fraction of
-    the cost. Greedy = argmax (first index on ties)."""
-    eos = model.token_eos()
-    model.reset()
-    model.eval(prompt_tokens)
-    tokens, margins = [], []
-    for step in range(n_new):
-        logits = last_logits(model)
-        top2 = np.argsort(-logits, kind="stable")[:2]
-        tok = int(top2[0])
-        tokens.append(tok)
-        margins.append(r4(logits[top2[0]] - logits[top2[1]]))
-        if stop_at_eos and tok == eos:
-            break
-        if step + 1 < n_new:
+def check_batched_greedy(model, prompt_tokens, steps=8):
+    """Asserts that the two-token re-evaluation of greedy_decode(batched=True)
+    gives bitwise the logits of one llama_decode over the whole sequence."""
+    toks, _ = greedy_decode(model, prompt_tokens, steps, False, batched=True)
+    for i in range(1, len(toks)):
+        full = full_batch_last_logits(model, prompt_tokens + toks[:i])
+        model.reset()
+        model.eval(prompt_tokens)
+        for t in toks[:i]:
             prev = model.input_ids[model.n_tokens - 1]
             model.n_tokens -= 1
-            model.eval([int(prev), tok])
-    return tokens, margins
+            model.eval([int(prev), t])
+        if not np.array_equal(full, last_logits(model)):
+            raise SystemExit(f"two-token re-evaluation differs from a full batch at step {i}")
 
 
 def full_batch_last_logits(model, tokens):
@@ -507,7 +507,7 @@ def main():
             rendered = chat.render(p["messages"])
             prompt = chat.tokenize(rendered)
             assert len(prompt) >= 200, (p["name"], len(prompt))
-            cont, margins = greedy_decode(model, prompt, LOGITS_CONTINUATION, stop_at_eos=False)
+            cont, margins = greedy_decode(model, prompt, LOGITS_CONTINUATION, False, batched=False)
             full = prompt + cont
             assert len(full) <= N_CTX
             bl = batch_logits(model_all, full)
@@ -574,8 +574,10 @@ def main():
         for p in greedy_prompts():
             rendered = chat.render(p["messages"])
             prompt = chat.tokenize(rendered)
-            toks, margins = greedy_decode_batched(model, prompt, GREEDY_TOKENS, stop_at_eos=True)
-            decode_toks, _ = greedy_decode(model, prompt, GREEDY_TOKENS, stop_at_eos=True)
+            if not cases:
+                check_batched_greedy(model, prompt)
+            toks, margins = greedy_decode(model, prompt, GREEDY_TOKENS, True, batched=True)
+            decode_toks, _ = greedy_decode(model, prompt, GREEDY_TOKENS, True, batched=False)
             same = next((i for i, (a, b) in enumerate(zip(toks, decode_toks)) if a != b), None)
             case = {
                 "name": p["name"],
