@@ -1,28 +1,32 @@
 //! Conformance against llama.cpp (fixtures from `tools/reference/`).
 //!
-//! - Logits, teacher-forced on llama.cpp's tokens: the top-1 token must equal
-//!   llama.cpp's wherever llama.cpp's own top-two margin exceeds 0.5; overall
-//!   top-1 agreement must be at least llama.cpp's own (its one-token path
-//!   against its batched path, `meta.self_noise` in the fixture) less one
-//!   point; the RMS difference of the top-10 logits must stay under
-//!   [`RMS_BOUND`].
-//! - Greedy continuations, free-running: every first difference from
-//!   llama.cpp's continuation falls at a near-tie (its margin < 0.5).
+//! Both fixtures come from llama.cpp's batched (prompt-processing) CPU path,
+//! whose numerics coordgen's kernels reproduce bit for bit (see the README).
 //!
-//! Why the bounds are not zero: activations are quantized to int8 before
-//! every matmul, so a last-bit difference anywhere (an accumulation order, an
-//! `expf`) flips some int8 roundings and grows into ~0.2 RMS in the logits.
-//! llama.cpp's own batched and one-token paths differ by exactly that much on
-//! this model. The README records the measurements.
+//! - Logits, teacher-forced on llama.cpp's tokens: the top-1 token equals
+//!   llama.cpp's wherever llama.cpp's top-two margin exceeds 0.5 and at 98 %
+//!   or more of all positions; the RMS difference of the top-10 logits stays
+//!   under [`RMS_BOUND`] (measured: 0.0000, the fixture rounds to 4 decimals).
+//! - Greedy 64-token continuations, free-running: at least 7 of 10 equal
+//!   llama.cpp's exactly (measured: 12 of 12), and every first difference
+//!   falls at a near-tie (llama.cpp's margin < 0.5).
+//!
+//! For scale, llama.cpp's own one-token path agrees with its batched path at
+//! only 96.5 % of positions (0.21 RMS) and reproduces 3 of the 12 greedy
+//! continuations: activations are quantized to int8 before every matmul, so
+//! any last-bit difference (an accumulation order, an `expf`) grows.
 
 use coordgen::sampler::argmax;
 use coordgen::{ChatMessage, Engine};
 use coordgen_tests::{engine, fixture};
 use serde_json::Value;
 
-/// RMS difference of the top-10 logits per prompt. Measured 0.19-0.22;
-/// llama.cpp's own paths differ by 0.20-0.23 (see README).
-const RMS_BOUND: f64 = 0.30;
+/// RMS difference of the top-10 logits per prompt. Measured 0.0000 (bitwise
+/// equal up to the fixture's 4-decimal rounding); a kernel change that breaks
+/// exactness shows up here first.
+const RMS_BOUND: f64 = 0.01;
+/// Share of positions whose top-1 token must equal llama.cpp's.
+const MIN_TOP1_AGREEMENT: f64 = 0.98;
 /// llama.cpp's own top-two margin above which the top-1 token must agree.
 const NEAR_TIE: f64 = 0.5;
 
@@ -140,10 +144,10 @@ fn teacher_forced_logits_match_llama_cpp() {
     );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert!(
-        rate >= llama_self - 0.01,
-        "top-1 agreement {:.2} % is below llama.cpp's own {:.2} % less one point",
+        rate >= MIN_TOP1_AGREEMENT,
+        "top-1 agreement {:.2} % < {:.0} %",
         100.0 * rate,
-        100.0 * llama_self
+        100.0 * MIN_TOP1_AGREEMENT
     );
 }
 
@@ -221,5 +225,11 @@ fn greedy_continuations_match_llama_cpp() {
         bad_divergences.is_empty(),
         "divergences away from near-ties: {}",
         bad_divergences.join(", ")
+    );
+    let needed = (cases.len() * 7).div_ceil(10);
+    assert!(
+        exact >= needed,
+        "only {exact} of {} continuations identical, need {needed}",
+        cases.len()
     );
 }
