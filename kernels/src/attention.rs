@@ -207,11 +207,10 @@ fn attend_one<'c>(
             chunk[t % LANES] = e;
         }
         sum += crate::scalar::hsum16(&chunk) as f64;
-        let inv = (1.0 / sum) as f32;
+        (ks.scale_round_f16)((1.0 / sum) as f32, scores);
         lanes.clear();
         lanes.resize(LANES * head_dim, 0.0);
-        for (&e, t) in scores.iter().zip(slots) {
-            let p = f16::from_f32(e * inv).to_f32();
+        for (&p, t) in scores.iter().zip(slots) {
             let lane = t % LANES;
             (ks.axpy_f16_f32)(
                 p,
@@ -219,12 +218,20 @@ fn attend_one<'c>(
                 &mut lanes[lane * head_dim..(lane + 1) * head_dim],
             );
         }
+        // `hsum16` over the 16 lanes of every output value, written as
+        // element-wise adds of whole lane rows (the same tree per value) so
+        // it vectorizes across `head_dim`.
+        let (lo, hi) = lanes.split_at_mut(8 * head_dim);
+        for (l, h) in lo.iter_mut().zip(hi.iter()) {
+            *l += *h; // t[k] = a[k] + a[k + 8]
+        }
+        let (t0, t1) = lo.split_at_mut(4 * head_dim);
+        for (l, h) in t0.iter_mut().zip(t1.iter()) {
+            *l += *h; // u[k] = t[k] + t[k + 4]
+        }
+        let row = |k: usize| &t0[k * head_dim..(k + 1) * head_dim];
         for (d, o) in acc.iter_mut().enumerate() {
-            let mut l = [0.0f32; LANES];
-            for (k, v) in l.iter_mut().enumerate() {
-                *v = lanes[k * head_dim + d];
-            }
-            *o = crate::scalar::hsum16(&l);
+            *o = (row(0)[d] + row(2)[d]) + (row(1)[d] + row(3)[d]);
         }
     });
 }

@@ -116,6 +116,9 @@ pub struct KernelSet {
     pub axpy_f16_f32: fn(f32, &[f16], &mut [f32]),
     /// `x *= a`.
     pub scale_f32: fn(f32, &mut [f32]),
+    /// `x[i] = f16(x[i] * a)` (round to nearest even, held as f32): attention's
+    /// probabilities as llama.cpp hands them to its f16 matmul.
+    pub scale_round_f16: fn(f32, &mut [f32]),
     /// `x[i] = exp(x[i])` with ggml's `ggml_v_expf` polynomial
     /// (bitwise equal to [`scalar::ggml_expf`] in every tier).
     pub exp_f32: fn(&mut [f32]),
@@ -139,6 +142,7 @@ pub(crate) const SCALAR_KERNELS: KernelSet = KernelSet {
     vec_dot_q8_0_q8_0_x4: scalar::scalar_vec_dot_q8_0_q8_0_x4,
     axpy_f16_f32: scalar::scalar_axpy_f16_f32,
     scale_f32: scalar::scalar_scale_f32,
+    scale_round_f16: scalar::scalar_scale_round_f16,
     exp_f32: scalar::scalar_exp_f32,
     silu_mul_f32: scalar::scalar_silu_mul_f32,
 };

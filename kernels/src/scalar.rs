@@ -174,6 +174,14 @@ pub fn scalar_axpy_f16_f32(a: f32, x: &[f16], y: &mut [f32]) {
     }
 }
 
+/// `x[i] = f16(x[i] * a)` as f32 (the product rounded to f32, then to f16
+/// with round-to-nearest-even, as F16C's `vcvtps2ph` does).
+pub fn scalar_scale_round_f16(a: f32, x: &mut [f32]) {
+    for v in x {
+        *v = f16::from_f32(*v * a).to_f32();
+    }
+}
+
 /// `x *= a`.
 pub fn scalar_scale_f32(a: f32, x: &mut [f32]) {
     for v in x {

@@ -56,6 +56,7 @@ pub(crate) fn avx2_kernel_set() -> KernelSet {
         scale_f32: avx2_scale_f32,
         // AVX2 has no `vscalefps`; the scalar twins are exact and cheap
         // next to the matmuls.
+        scale_round_f16: avx2_scale_round_f16,
         exp_f32: crate::scalar::scalar_exp_f32,
         silu_mul_f32: crate::scalar::scalar_silu_mul_f32,
     }
@@ -76,6 +77,7 @@ pub(crate) fn avx512vnni_kernel_set() -> KernelSet {
         vec_dot_q8_0_q8_0_x4: avx512vnni_vec_dot_q8_0_q8_0_x4,
         axpy_f16_f32: avx512_axpy_f16_f32,
         scale_f32: avx512_scale_f32,
+        scale_round_f16: avx512_scale_round_f16,
         exp_f32: avx512_exp_f32,
         silu_mul_f32: avx512_silu_mul_f32,
     }
@@ -244,6 +246,14 @@ fn avx512_quantize_row_q8_1(x: &[f32], y: &mut [BlockQ8_1]) {
 // ---------------------------------------------------------------------------
 // Shared helpers.
 // ---------------------------------------------------------------------------
+
+/// The first four bytes of a block (its `d` and `m`/`s` fields) as one
+/// little-endian word: one load instead of two 16-bit ones.
+#[inline(always)]
+fn header_u32<B: bytemuck::Pod>(block: &B) -> i32 {
+    let bytes = bytemuck::bytes_of(block);
+    i32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])
+}
 
 /// Four f16 → `[a, b, c, d]` as f32.
 #[inline]
@@ -438,24 +448,47 @@ unsafe fn avx512vnni_dot_q4_1_q8_1_rows<const R: usize>(
     x: &[BlockQ4_1],
     y: [&[BlockQ8_1]; R],
 ) -> [f32; R] {
+    const { assert!(R <= 4) };
     let mut acc = [_mm256_setzero_ps(); R];
-    let mut sum_ms = [0.0f32; R];
+    // Lane r: row r's `summs`, updated with `fma(mx, sy, summs)` per block as
+    // the scalar twin does (a 4-lane FMA is four independent scalar FMAs).
+    let mut sum_ms = _mm_setzero_ps();
+    // [d0, s0, d1, s1, ..] → [d0, d1, d2, d3 | s0, s1, s2, s3].
+    let deinterleave = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
     for (i, bx) in x.iter().enumerate() {
         let qx = avx2_bytes_from_nibbles(&bx.qs);
-        for r in 0..R {
+        // The activation headers (d, s) of all R rows in one conversion.
+        let mut hy = _mm_setzero_si128();
+        for (r, yr) in y.iter().enumerate() {
             // SAFETY: `i < x.len() <= y[r].len()` (this function's precondition).
+            let h = header_u32(unsafe { yr.get_unchecked(i) });
+            hy = match r {
+                0 => _mm_insert_epi32::<0>(hy, h),
+                1 => _mm_insert_epi32::<1>(hy, h),
+                2 => _mm_insert_epi32::<2>(hy, h),
+                _ => _mm_insert_epi32::<3>(hy, h),
+            };
+        }
+        let ds = _mm256_permutevar8x32_ps(_mm256_cvtph_ps(hy), deinterleave);
+        let (dy, sy) = (_mm256_castps256_ps128(ds), _mm256_extractf128_ps::<1>(ds));
+        let hx = _mm_cvtph_ps(_mm_cvtsi32_si128(header_u32(bx)));
+        let dx = _mm_broadcastss_ps(hx);
+        let mx = _mm_permute_ps::<0b01_01_01_01>(hx);
+        let d = _mm_mul_ps(dx, dy); // lane r: dx · dy_r
+        sum_ms = _mm_fmadd_ps(mx, sy, sum_ms);
+        let d = _mm256_castps128_ps256(d);
+        for r in 0..R {
+            // SAFETY: as above.
             let by = unsafe { y[r].get_unchecked(i) };
-            let s = f16x4_to_f32x4(bx.d, bx.m, by.d, by.s);
-            let [dx, mx, dy, sy] = f32x4_lanes(s);
-            // GCC contracts ggml's `summs += m * s` into an FMA; so do we.
-            sum_ms[r] = mx.mul_add(sy, sum_ms[r]);
             let q = vnni_mul_sum_u8_i8(qx, load_i8x32(&by.qs));
-            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dx * dy), q, acc[r]);
+            let dr = _mm256_permutevar8x32_ps(d, _mm256_set1_epi32(r as i32));
+            acc[r] = _mm256_fmadd_ps(dr, q, acc[r]);
         }
     }
+    let ms = f32x4_lanes(sum_ms);
     let mut out = [0.0f32; R];
     for r in 0..R {
-        out[r] = hsum_f32x8(acc[r]) + sum_ms[r];
+        out[r] = hsum_f32x8(acc[r]) + ms[r];
     }
     out
 }
@@ -799,4 +832,56 @@ unsafe fn avx512_silu_mul_f32_impl(gate: &[f32], up: &[f32], out: &mut [f32]) {
         i += 16;
     }
     crate::scalar::scalar_silu_mul_f32(&gate[i..], &up[i..], &mut out[i..]);
+}
+
+// ---------------------------------------------------------------------------
+// `x = f16(x · a)` (attention probabilities), F16C round-to-nearest-even.
+// ---------------------------------------------------------------------------
+
+const F16_RNE: i32 = _MM_FROUND_TO_NEAREST_INT;
+
+fn avx2_scale_round_f16(a: f32, x: &mut [f32]) {
+    // SAFETY: only installed in the AVX2 KernelSet, built after
+    // `avx2_available()` (AVX2 + F16C) succeeded.
+    unsafe { avx2_scale_round_f16_impl(a, x) }
+}
+
+fn avx512_scale_round_f16(a: f32, x: &mut [f32]) {
+    // SAFETY: only installed in the AVX-512 KernelSet, built after
+    // `avx512vnni_available()` succeeded.
+    unsafe { avx512_scale_round_f16_impl(a, x) }
+}
+
+/// # Safety
+/// The CPU must support AVX2 and F16C.
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn avx2_scale_round_f16_impl(a: f32, x: &mut [f32]) {
+    let va = _mm256_set1_ps(a);
+    let mut chunks = x.chunks_exact_mut(8);
+    for ch in &mut chunks {
+        // SAFETY: `ch` is 8 f32; unaligned loads/stores are allowed.
+        unsafe {
+            let v = _mm256_mul_ps(_mm256_loadu_ps(ch.as_ptr()), va);
+            let h = _mm256_cvtps_ph::<F16_RNE>(v);
+            _mm256_storeu_ps(ch.as_mut_ptr(), _mm256_cvtph_ps(h));
+        }
+    }
+    crate::scalar::scalar_scale_round_f16(a, chunks.into_remainder());
+}
+
+/// # Safety
+/// The CPU must support AVX-512 F, AVX2 and F16C.
+#[target_feature(enable = "avx512f,avx2,f16c")]
+unsafe fn avx512_scale_round_f16_impl(a: f32, x: &mut [f32]) {
+    let va = _mm512_set1_ps(a);
+    let mut chunks = x.chunks_exact_mut(16);
+    for ch in &mut chunks {
+        // SAFETY: `ch` is 16 f32; unaligned loads/stores are allowed.
+        unsafe {
+            let v = _mm512_mul_ps(_mm512_loadu_ps(ch.as_ptr()), va);
+            let h = _mm512_cvtps_ph::<F16_RNE>(v);
+            _mm512_storeu_ps(ch.as_mut_ptr(), _mm512_cvtph_ps(h));
+        }
+    }
+    crate::scalar::scalar_scale_round_f16(a, chunks.into_remainder());
 }

@@ -159,9 +159,7 @@ fn matches_f64_reference() {
                     let exact: f64 = slots
                         .iter()
                         .zip(&w)
-                        .map(|(&t, wi)| {
-                            f16::from_f64(wi / z).to_f64() * at(&case.v, t, d)
-                        })
+                        .map(|(&t, wi)| f16::from_f64(wi / z).to_f64() * at(&case.v, t, d))
                         .sum::<f64>();
                     let got = out[(row * n_heads + h) * head_dim + d] as f64;
                     assert!(

@@ -218,6 +218,22 @@ fn check_silu_mul_f32(tier: Tier, len: usize, seed: u64) {
     }
 }
 
+fn check_scale_round_f16(tier: Tier, len: usize, seed: u64) {
+    let Some(ks) = kernels_or_skip(tier) else {
+        return;
+    };
+    let mut rng = Rng::new(seed);
+    let a = rng.unit();
+    // Probabilities in [0, 1], down into f16's subnormal range.
+    let x0 = rng.vec(len, |r| r.unit().abs().powi(8));
+    let (mut xs, mut xr) = (x0.clone(), x0);
+    (ks.scale_round_f16)(a, &mut xs);
+    scalar_scale_round_f16(a, &mut xr);
+    for (i, (&p, &q)) in xs.iter().zip(&xr).enumerate() {
+        assert_bits(&format!("scale_round_f16[{i}]"), p, q);
+    }
+}
+
 fn check_scale_f32(tier: Tier, len: usize, seed: u64) {
     let Some(ks) = kernels_or_skip(tier) else {
         return;
@@ -248,6 +264,7 @@ macro_rules! simd_twin_tests {
                 #[test] fn dot_f16_f32(len in 0usize..600, seed in any::<u64>()) { check_dot_f16_f32(TIER, len, seed) }
                 #[test] fn axpy_f16_f32(len in 0usize..300, seed in any::<u64>()) { check_axpy_f16_f32(TIER, len, seed) }
                 #[test] fn scale_f32(len in 0usize..300, seed in any::<u64>()) { check_scale_f32(TIER, len, seed) }
+                #[test] fn scale_round_f16(len in 0usize..300, seed in any::<u64>()) { check_scale_round_f16(TIER, len, seed) }
                 #[test] fn exp_f32(len in 0usize..300, seed in any::<u64>()) { check_exp_f32(TIER, len, seed) }
                 #[test] fn silu_mul_f32(len in 0usize..300, seed in any::<u64>()) { check_silu_mul_f32(TIER, len, seed) }
             }
