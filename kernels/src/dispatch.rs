@@ -100,7 +100,8 @@ pub struct KernelSet {
     pub vec_dot_q8_0_q8_0: fn(&[BlockQ8_0], &[BlockQ8_0]) -> f32,
     /// f32 · f32.
     pub dot_f32: fn(&[f32], &[f32]) -> f32,
-    /// f16 · f32 (f16 weights or the K cache against f32 queries).
+    /// f16 · f32 (f16 weights or the K cache against f32 queries), in the
+    /// 16-lane order of llamafile's f16 `tinyBLAS` (bitwise equal across tiers).
     pub dot_f16_f32: fn(&[f16], &[f32]) -> f32,
     /// Activation quantizer for Q4_0/Q8_0 weights (bit-identical across tiers).
     pub quantize_row_q8_0: fn(&[f32], &mut [BlockQ8_0]),

@@ -10,9 +10,13 @@
 //!   many rows are computed together).
 //! * [`ops`]: f32 element-wise ops of the llama graph (RMSNorm, RoPE, SiLU·mul,
 //!   softmax, argmax).
-//! * [`attention`]: fused attention over an f16 KV cache with online softmax.
+//! * [`attention`]: attention over an f16 KV cache, bitwise in the order of
+//!   llama.cpp's batched (non-flash-attention) CPU path.
 //!
-//! Every SIMD kernel has a scalar twin in [`scalar`]; tests compare them.
+//! Every SIMD kernel has a scalar twin in [`scalar`] doing the same float
+//! operations in the same order (llama.cpp's batched CPU path on x86, so
+//! coordgen's logits equal llama.cpp's bit for bit); tests compare them
+//! bitwise.
 #![warn(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
