@@ -29,6 +29,9 @@ pub struct GenerateParams {
     pub sampler: SamplerConfig,
     /// Generation ends when the text reaches one of these; it is cut before it.
     pub stop: Vec<String>,
+    /// Keep going past end-of-generation tokens (for benchmarks that need a
+    /// fixed number of decode steps).
+    pub ignore_end_of_generation: bool,
 }
 
 impl Default for GenerateParams {
@@ -37,6 +40,7 @@ impl Default for GenerateParams {
             max_tokens: 256,
             sampler: SamplerConfig::greedy(),
             stop: Vec::new(),
+            ignore_end_of_generation: false,
         }
     }
 }
@@ -277,7 +281,7 @@ impl Session {
         let mut stop_reason = StopReason::MaxTokens;
         while generated.len() < params.max_tokens {
             let token = sampler.sample(&self.last_logits, &self.history);
-            if tokenizer.is_end_of_generation(token) {
+            if tokenizer.is_end_of_generation(token) && !params.ignore_end_of_generation {
                 stop_reason = StopReason::EndOfGeneration;
                 break;
             }

@@ -181,6 +181,7 @@ fn seeded_sampling_is_reproducible() {
             seed: 1234,
         },
         stop: vec![],
+        ignore_end_of_generation: false,
     };
     let a = engine
         .session()

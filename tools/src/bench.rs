@@ -80,6 +80,7 @@ pub fn bench(mut args: BenchArgs) -> Result<()> {
         max_tokens: args.max_tokens,
         sampler: SamplerConfig::greedy(),
         stop: Vec::new(),
+        ignore_end_of_generation: true,
     };
     let mut runs = Vec::new();
     for i in 0..=args.runs {

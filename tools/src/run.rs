@@ -55,6 +55,7 @@ fn params(max_tokens: usize, stop: &[String], sampling: &SamplingArgs) -> Genera
         max_tokens,
         sampler: sampling.config(),
         stop: stop.to_vec(),
+        ignore_end_of_generation: false,
     }
 }
 
