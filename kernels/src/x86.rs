@@ -635,7 +635,7 @@ unsafe fn avx2_dot_f16_f32_impl(x: &[f16], y: &[f32]) -> f32 {
     let mut lo = _mm256_setzero_ps();
     let mut hi = _mm256_setzero_ps();
     let mut i = 0;
-    // SAFETY (all loads below): `i + 16 <= n <= y.len()`, so every loaded
+    // SAFETY: (all loads below) `i + 16 <= n <= y.len()`, so every loaded
     // element is in bounds; unaligned loads are allowed.
     unsafe {
         while i + 16 <= n {
@@ -686,7 +686,7 @@ unsafe fn avx512_dot_f16_f32_impl(x: &[f16], y: &[f32]) -> f32 {
     let (xp, yp) = (x.as_ptr(), y.as_ptr());
     let mut acc = _mm512_setzero_ps();
     let mut i = 0;
-    // SAFETY (all loads below): `i + 16 <= n <= y.len()`.
+    // SAFETY: (all loads below) `i + 16 <= n <= y.len()`.
     unsafe {
         while i + 16 <= n {
             let xv = _mm512_cvtph_ps(_mm256_loadu_si256(xp.add(i).cast()));
