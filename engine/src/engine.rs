@@ -95,6 +95,15 @@ pub enum LogitsWanted {
     All,
 }
 
+/// Rotary positions of a pass's rows.
+#[derive(Clone, Copy, Debug)]
+enum Positions<'a> {
+    /// `first, first + 1, ...` (a chunk of a sequence).
+    Sequential(usize),
+    /// One per row (tree nodes share positions by depth).
+    Given(&'a [i32]),
+}
+
 /// One forward pass: `tokens` after `past_len` cached ones.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Pass<'a> {
@@ -332,8 +341,6 @@ impl Engine {
                     let n = (tokens.len() - done).min(max_chunk);
                     let index = self.bucket_index(BucketKind::Prefill, n)?;
                     let chunk = &tokens[done..done + n];
-                    let positions: Vec<i32> =
-                        (0..n).map(|i| (past_len + done + i) as i32).collect();
                     let last_chunk = done + n == tokens.len();
                     let rows = match (wanted, last_chunk) {
                         (LogitsWanted::All, _) => Some(LogitsWanted::All),
@@ -344,7 +351,7 @@ impl Engine {
                         &mut exes[index],
                         state,
                         chunk,
-                        &positions,
+                        Positions::Sequential(past_len + done),
                         None,
                         past_len + done,
                         rows,
@@ -375,7 +382,7 @@ impl Engine {
                     &mut exes[index],
                     state,
                     tokens,
-                    &positions,
+                    Positions::Given(&positions),
                     Some(mask),
                     past_len,
                     Some(wanted),
@@ -406,7 +413,7 @@ impl Engine {
         exes: &mut BucketExecutables,
         state: &mut SessionState,
         tokens: &[u32],
-        positions: &[i32],
+        positions: Positions,
         tree_mask: Option<&[u8]>,
         past_len: usize,
         rows: Option<LogitsWanted>,
@@ -427,7 +434,14 @@ impl Engine {
             let pos = state.boundaries[b.positions.0]
                 .view_mut::<i32>()
                 .ok_or_else(|| io_error("positions"))?;
-            pos[..n].copy_from_slice(positions);
+            match positions {
+                Positions::Sequential(first) => {
+                    for (i, p) in pos[..n].iter_mut().enumerate() {
+                        *p = (first + i) as i32;
+                    }
+                }
+                Positions::Given(given) => pos[..n].copy_from_slice(given),
+            }
         }
         if let Some(mask) = tree_mask {
             // The subgraph sees the mask as [W, W]: lay it out at the bucket width.
