@@ -29,7 +29,10 @@ tools/fetch-model), or the file named by COORDGEN_MODEL.";
     long_about = "coordgen runs llama-family GGUF models on the CPU through a graph compiler \
 that lowers the model into static-shape bucketed subgraphs. It is built for answers over \
 local data: documents to summarize, passages to answer from.",
-    after_help = EXAMPLES
+    after_help = EXAMPLES,
+    // A later flag overrides an earlier one, so wrappers such as tools/demo
+    // can set defaults that the user's own arguments replace.
+    args_override_self = true
 )]
 struct Cli {
     #[command(subcommand)]
