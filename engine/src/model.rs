@@ -31,6 +31,9 @@ pub fn dtype_of(ty: TensorType) -> DType {
         TensorType::Q4_0 => DType::Q4_0,
         TensorType::Q4_1 => DType::Q4_1,
         TensorType::Q8_0 => DType::Q8_0,
+        TensorType::Q4_K => DType::Q4_K,
+        TensorType::Q5_K => DType::Q5_K,
+        TensorType::Q6_K => DType::Q6_K,
     }
 }
 

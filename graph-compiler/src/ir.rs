@@ -9,6 +9,7 @@
 use serde::Serialize;
 
 /// Element type of a tensor.
+#[allow(non_camel_case_types)] // the ggml names (Q4_K, ...), kept recognisable
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 pub enum DType {
     F32,
@@ -17,6 +18,9 @@ pub enum DType {
     Q4_0,
     Q4_1,
     Q8_0,
+    Q4_K,
+    Q5_K,
+    Q6_K,
     I32,
     U8,
 }
@@ -26,6 +30,7 @@ impl DType {
     pub fn block_len(self) -> usize {
         match self {
             DType::Q4_0 | DType::Q4_1 | DType::Q8_0 => 32,
+            DType::Q4_K | DType::Q5_K | DType::Q6_K => 256,
             _ => 1,
         }
     }
@@ -39,6 +44,9 @@ impl DType {
             DType::Q4_0 => 18,
             DType::Q4_1 => 20,
             DType::Q8_0 => 34,
+            DType::Q4_K => 144,
+            DType::Q5_K => 176,
+            DType::Q6_K => 210,
         }
     }
 
@@ -63,6 +71,9 @@ impl DType {
             DType::Q4_0 => "q4_0",
             DType::Q4_1 => "q4_1",
             DType::Q8_0 => "q8_0",
+            DType::Q4_K => "q4_k",
+            DType::Q5_K => "q5_k",
+            DType::Q6_K => "q6_k",
             DType::I32 => "i32",
             DType::U8 => "u8",
         }

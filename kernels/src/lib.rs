@@ -2,6 +2,8 @@
 //!
 //! * [`quant`]: GGUF/ggml-compatible quantized block formats and their scalar
 //!   (reference) quantize/dequantize routines.
+//! * [`kquant`]: the K-quant super-block formats (Q4_K, Q5_K, Q6_K, Q8_K) with
+//!   scalar quantize/dequantize and dot products.
 //! * [`dispatch`]: a [`KernelSet`] of function pointers chosen once per
 //!   process for the best instruction set the CPU has (scalar, AVX2,
 //!   AVX-512 VNNI, NEON), so hot loops never re-check CPU features.
@@ -24,6 +26,7 @@
 mod aarch64;
 pub mod attention;
 pub mod dispatch;
+pub mod kquant;
 pub mod matmul;
 pub mod ops;
 pub mod quant;
@@ -35,6 +38,7 @@ mod x86;
 pub use attention::{attention, AttentionShape, RowVisibility};
 pub use dispatch::{KernelSet, Tier};
 pub use half::{bf16, f16};
+pub use kquant::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, QK_K};
 pub use matmul::{matmul, MatmulScratch, WeightMatrix};
 pub use quant::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, QK};
 

@@ -358,17 +358,23 @@ pub enum TensorType {
     Q4_0,
     Q4_1,
     Q8_0,
+    Q4_K,
+    Q5_K,
+    Q6_K,
 }
 
 impl TensorType {
     /// Every supported type, for tests and tools.
-    pub const ALL: [TensorType; 6] = [
+    pub const ALL: [TensorType; 9] = [
         TensorType::F32,
         TensorType::F16,
         TensorType::BF16,
         TensorType::Q4_0,
         TensorType::Q4_1,
         TensorType::Q8_0,
+        TensorType::Q4_K,
+        TensorType::Q5_K,
+        TensorType::Q6_K,
     ];
 
     /// Elements per block (1 for the float types).
@@ -376,6 +382,7 @@ impl TensorType {
         match self {
             TensorType::F32 | TensorType::F16 | TensorType::BF16 => 1,
             TensorType::Q4_0 | TensorType::Q4_1 | TensorType::Q8_0 => 32,
+            TensorType::Q4_K | TensorType::Q5_K | TensorType::Q6_K => 256,
         }
     }
 
@@ -384,9 +391,12 @@ impl TensorType {
         match self {
             TensorType::F32 => 4,
             TensorType::F16 | TensorType::BF16 => 2,
-            TensorType::Q4_0 => 18, // f16 scale + 16 bytes of nibbles
-            TensorType::Q4_1 => 20, // f16 scale + f16 min + 16 bytes of nibbles
-            TensorType::Q8_0 => 34, // f16 scale + 32 i8
+            TensorType::Q4_0 => 18,  // f16 scale + 16 bytes of nibbles
+            TensorType::Q4_1 => 20,  // f16 scale + f16 min + 16 bytes of nibbles
+            TensorType::Q8_0 => 34,  // f16 scale + 32 i8
+            TensorType::Q4_K => 144, // f16 d, f16 dmin, 12 bytes of 6-bit scales/mins, 128 bytes of nibbles
+            TensorType::Q5_K => 176, // as Q4_K plus 32 bytes of high bits
+            TensorType::Q6_K => 210, // 128 low nibbles, 64 bytes of high 2 bits, 16 i8 scales, f16 d
         }
     }
 
@@ -399,6 +409,9 @@ impl TensorType {
             TensorType::Q4_0 => "Q4_0",
             TensorType::Q4_1 => "Q4_1",
             TensorType::Q8_0 => "Q8_0",
+            TensorType::Q4_K => "Q4_K",
+            TensorType::Q5_K => "Q5_K",
+            TensorType::Q6_K => "Q6_K",
         }
     }
 
@@ -410,6 +423,9 @@ impl TensorType {
             TensorType::Q4_0 => 2,
             TensorType::Q4_1 => 3,
             TensorType::Q8_0 => 8,
+            TensorType::Q4_K => 12,
+            TensorType::Q5_K => 13,
+            TensorType::Q6_K => 14,
             TensorType::BF16 => 30,
         }
     }

@@ -143,7 +143,17 @@ fn round_trip_every_tensor_type() {
         if let Some(a) = alignment {
             writer.add_metadata(ALIGNMENT_KEY, MetaValue::U32(a));
         }
-        let shapes: [&[u64]; 6] = [&[7], &[3, 5], &[64, 2, 3], &[32], &[96, 1, 1, 2], &[]];
+        let shapes: [&[u64]; 9] = [
+            &[7],
+            &[3, 5],
+            &[64, 2, 3],
+            &[32],
+            &[96, 1, 1, 2],
+            &[],
+            &[256, 3],
+            &[512],
+            &[768, 2, 1],
+        ];
         let mut expected = Vec::new();
         for (i, (ty, dims)) in TensorType::ALL.into_iter().zip(shapes).enumerate() {
             let dims: Vec<u64> = if ty.block_len() > 1 && dims.is_empty() {
@@ -197,6 +207,62 @@ fn tensor_type_ids_and_blocks() {
     assert_eq!(TensorType::Q4_1.block_bytes(), 20);
     assert_eq!(TensorType::Q8_0.block_bytes(), 34);
     assert_eq!(TensorType::BF16.ggml_type_id(), 30);
+    // K-quants: ggml ids 12-14, 256-value super-blocks of ggml's sizes.
+    for (ty, id, bytes) in [
+        (TensorType::Q4_K, 12, 144),
+        (TensorType::Q5_K, 13, 176),
+        (TensorType::Q6_K, 14, 210),
+    ] {
+        assert_eq!(ty.ggml_type_id(), id);
+        assert_eq!((ty.block_len(), ty.block_bytes()), (256, bytes));
+    }
+}
+
+#[test]
+fn k_quant_tensors_parse_with_super_block_sizes() {
+    for (type_id, ty, block_bytes) in [
+        (12, TensorType::Q4_K, 144u64),
+        (13, TensorType::Q5_K, 176),
+        (14, TensorType::Q6_K, 210),
+    ] {
+        let file = Raw::header(3, 1, 0)
+            .tensor("w", &[512, 2], type_id, 0)
+            .pad(32)
+            .zeros(4 * block_bytes as usize)
+            .parse()
+            .unwrap();
+        let info = file.tensor("w").unwrap();
+        assert_eq!(info.ty, ty);
+        assert_eq!(info.n_elements, 1024);
+        assert_eq!(info.n_bytes, 4 * block_bytes);
+        assert_eq!(file.tensor_data(info).len() as u64, 4 * block_bytes);
+        // A row that is not a whole number of 256-value super-blocks is rejected.
+        let err = Raw::header(3, 1, 0)
+            .tensor("w", &[32, 8], type_id, 0)
+            .pad(32)
+            .zeros(4 * block_bytes as usize)
+            .parse()
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::RowNotBlockAligned {
+                    ne0: 32,
+                    block_len: 256,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // Data past the end: 3 blocks declared, 2 present.
+        let err = Raw::header(3, 1, 0)
+            .tensor("w", &[768], type_id, 0)
+            .pad(32)
+            .zeros(2 * block_bytes as usize)
+            .parse()
+            .unwrap_err();
+        assert!(matches!(err, Error::TensorOutOfBounds { .. }), "{err}");
+    }
 }
 
 #[test]
@@ -575,7 +641,7 @@ fn tensor_info_errors() {
         ),
         "{err}"
     );
-    for type_id in [6, 7, 9, 10, 12, 14, 15, 20, 28, 39] {
+    for type_id in [6, 7, 9, 10, 11, 15, 20, 28, 39] {
         let err = one_tensor(&[32], type_id, 0);
         assert!(
             matches!(err, Error::UnsupportedTensorType { type_id: t, ref name } if t == type_id && name == "w"),
