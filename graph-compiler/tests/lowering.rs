@@ -154,3 +154,16 @@ fn rejects_bad_configs_and_weights() {
         Err(Error::WeightShape { .. } | Error::MissingWeight { .. })
     ));
 }
+
+#[test]
+fn k_quant_weights_are_rejected_until_the_cpu_matmul_runs_them() {
+    let (c, mut w) = tiny();
+    w.0.get_mut(&names::layer(0, "ffn_down")).unwrap().dtype = DType::Q4_K;
+    assert!(matches!(
+        lower(&c, &w, &PlanOptions::default()),
+        Err(Error::WeightDType {
+            dtype: DType::Q4_K,
+            ..
+        })
+    ));
+}

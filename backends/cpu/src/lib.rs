@@ -12,7 +12,7 @@
 
 mod exec;
 
-use coordgen_graph::{Backend, Executable, Op, Subgraph, WeightSource};
+use coordgen_graph::{Backend, DType, Executable, Op, Subgraph, WeightSource};
 use coordgen_kernels::KernelSet;
 use std::sync::Arc;
 
@@ -93,9 +93,19 @@ impl Backend for CpuBackend {
         "cpu"
     }
 
-    /// The CPU runs every op of the IR.
-    fn supports(&self, _op: &Op, _graph: &Subgraph) -> bool {
-        true
+    /// The CPU runs every op of the IR, except matmuls and embeddings over
+    /// weight types its kernels do not cover yet (BF16 matrices, K-quants).
+    fn supports(&self, op: &Op, graph: &Subgraph) -> bool {
+        let weight = match *op {
+            Op::MatMul { w, .. } => w,
+            Op::Embedding { table, .. } => table,
+            _ => return true,
+        };
+        graph.tensor(weight).is_some_and(|t| match t.dtype {
+            DType::F32 | DType::F16 | DType::Q4_0 | DType::Q4_1 | DType::Q8_0 => true,
+            DType::BF16 => matches!(op, Op::Embedding { .. }),
+            _ => false,
+        })
     }
 
     fn compile(
@@ -103,6 +113,13 @@ impl Backend for CpuBackend {
         graph: &Subgraph,
         weights: &dyn WeightSource,
     ) -> Result<Box<dyn Executable>, coordgen_graph::Error> {
+        if let Some(op) = graph.nodes.iter().find(|op| !self.supports(op, graph)) {
+            return Err(coordgen_graph::Error::Unsupported {
+                backend: "cpu",
+                op: op.name(),
+                graph: graph.name.clone(),
+            });
+        }
         let exe = CpuExecutable::new(graph, weights, self.kernels, self.pool.clone())?;
         Ok(Box::new(exe))
     }
