@@ -98,13 +98,11 @@ impl Plan {
     /// The bucket that runs `n` rows: the narrowest bucket of `kind` that fits
     /// them, or the widest one (the caller then splits into chunks).
     pub fn bucket_for(&self, kind: BucketKind, n: usize) -> Option<&Bucket> {
-        let mut of_kind: Vec<&Bucket> = self.buckets.iter().filter(|b| b.kind == kind).collect();
-        of_kind.sort_by_key(|b| b.width);
-        of_kind
-            .iter()
-            .find(|b| b.width >= n)
-            .or(of_kind.last())
-            .copied()
+        let of_kind = || self.buckets.iter().filter(move |b| b.kind == kind);
+        of_kind()
+            .filter(|b| b.width >= n)
+            .min_by_key(|b| b.width)
+            .or_else(|| of_kind().max_by_key(|b| b.width))
     }
 
     pub fn max_width(&self) -> usize {

@@ -34,7 +34,14 @@ pub struct CpuExecutable {
     /// Per-row lists of extra visible cache slots (tree attention), reused.
     visible_slots: Vec<u32>,
     visible_ranges: Vec<(usize, usize, usize)>,
+    /// Base pointer of every tensor for the current run, reused across runs.
+    tensor_ptrs: Vec<*mut u8>,
 }
+
+// SAFETY: `tensor_ptrs` only holds pointers while `run` executes (it is
+// cleared before returning), so moving the executable to another thread
+// moves no live borrow; every other field is Send.
+unsafe impl Send for CpuExecutable {}
 
 fn bad(graph: &Subgraph, message: impl Into<String>) -> Error {
     Error::BadGraph {
@@ -107,6 +114,7 @@ impl CpuExecutable {
             matmul_scratch: MatmulScratch::default(),
             visible_slots: Vec::new(),
             visible_ranges: Vec::new(),
+            tensor_ptrs: Vec::new(),
         };
         exe.check_ops()?;
         Ok(exe)
@@ -275,14 +283,18 @@ impl CpuExecutable {
 /// checked every tensor lies inside its buffer, which the run borrows
 /// exclusively for its whole duration.
 struct Memory<'a> {
-    ptrs: Vec<*mut u8>,
+    ptrs: &'a [*mut u8],
     sizes: &'a [usize],
     weights: &'a [WeightBytes],
     places: &'a [Place],
 }
 
 impl<'a> Memory<'a> {
-    fn new(exe: &'a CpuExecutable, state: &mut SessionState) -> Result<Self, Error> {
+    fn new(
+        exe: &'a CpuExecutable,
+        ptrs: &'a mut Vec<*mut u8>,
+        state: &mut SessionState,
+    ) -> Result<Self, Error> {
         if state.arena.len() < exe.graph.arena_bytes {
             return Err(bad(
                 &exe.graph,
@@ -294,7 +306,7 @@ impl<'a> Memory<'a> {
             ));
         }
         let arena = state.arena.as_mut_ptr();
-        let mut ptrs = Vec::with_capacity(exe.places.len());
+        ptrs.clear();
         for (i, place) in exe.places.iter().enumerate() {
             let size = exe.sizes[i];
             let ptr = match *place {
@@ -335,7 +347,7 @@ impl<'a> Memory<'a> {
             ptrs.push(ptr);
         }
         Ok(Memory {
-            ptrs,
+            ptrs: ptrs.as_slice(),
             sizes: &exe.sizes,
             weights: &exe.weights,
             places: &exe.places,
@@ -465,8 +477,9 @@ impl CpuExecutable {
         let mut scratch = std::mem::take(&mut self.matmul_scratch);
         let mut slots = std::mem::take(&mut self.visible_slots);
         let mut ranges = std::mem::take(&mut self.visible_ranges);
+        let mut ptrs = std::mem::take(&mut self.tensor_ptrs);
         let result = (|| {
-            let mem = Memory::new(self, state)?;
+            let mem = Memory::new(self, &mut ptrs, state)?;
             for op in &self.graph.nodes {
                 self.run_op(&mem, op, params, &mut scratch, &mut slots, &mut ranges)?;
             }
@@ -475,6 +488,8 @@ impl CpuExecutable {
         self.matmul_scratch = scratch;
         self.visible_slots = slots;
         self.visible_ranges = ranges;
+        ptrs.clear();
+        self.tensor_ptrs = ptrs;
         result
     }
 
