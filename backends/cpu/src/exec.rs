@@ -30,18 +30,42 @@ pub struct CpuExecutable {
     weights: Vec<WeightBytes>,
     kernels: &'static KernelSet,
     pool: Arc<rayon::ThreadPool>,
-    matmul_scratch: MatmulScratch,
-    /// Per-row lists of extra visible cache slots (tree attention), reused.
-    visible_slots: Vec<u32>,
-    visible_ranges: Vec<(usize, usize, usize)>,
     /// Base pointer of every tensor for the current run, reused across runs.
     tensor_ptrs: Vec<*mut u8>,
+    scratch: OpScratch,
 }
 
 // SAFETY: `tensor_ptrs` only holds pointers while `run` executes (it is
 // cleared before returning), so moving the executable to another thread
 // moves no live borrow; every other field is Send.
 unsafe impl Send for CpuExecutable {}
+
+/// Buffers the ops reuse from run to run, so a steady-state run allocates
+/// nothing here.
+#[derive(Default)]
+struct OpScratch {
+    matmul: MatmulScratch,
+    /// Extra visible cache slots of every row (tree attention), back to back.
+    visible_slots: Vec<u32>,
+    /// Per row: (prefix length, start, end) into `visible_slots`.
+    visible_ranges: Vec<(usize, usize, usize)>,
+    /// The attention kernel's per-row visibility list (empty between ops).
+    visible_rows: Vec<RowVisibility<'static>>,
+}
+
+/// Empties `rows` and returns its allocation typed for a new borrow. The
+/// standard library collects a mapped `vec::IntoIter` in place, so the
+/// capacity carries over and nothing is allocated.
+fn recycle<'a>(mut rows: Vec<RowVisibility<'_>>) -> Vec<RowVisibility<'a>> {
+    rows.clear();
+    // The vector is empty: the closure never runs, it only changes the type.
+    rows.into_iter()
+        .map(|row| RowVisibility {
+            prefix_len: row.prefix_len,
+            extra: &[],
+        })
+        .collect()
+}
 
 fn bad(graph: &Subgraph, message: impl Into<String>) -> Error {
     Error::BadGraph {
@@ -111,10 +135,8 @@ impl CpuExecutable {
             weights: bound,
             kernels,
             pool,
-            matmul_scratch: MatmulScratch::default(),
-            visible_slots: Vec::new(),
-            visible_ranges: Vec::new(),
             tensor_ptrs: Vec::new(),
+            scratch: OpScratch::default(),
         };
         exe.check_ops()?;
         Ok(exe)
@@ -474,20 +496,16 @@ impl Executable for CpuExecutable {
 
 impl CpuExecutable {
     fn run_nodes(&mut self, state: &mut SessionState, params: &ExecParams) -> Result<(), Error> {
-        let mut scratch = std::mem::take(&mut self.matmul_scratch);
-        let mut slots = std::mem::take(&mut self.visible_slots);
-        let mut ranges = std::mem::take(&mut self.visible_ranges);
+        let mut scratch = std::mem::take(&mut self.scratch);
         let mut ptrs = std::mem::take(&mut self.tensor_ptrs);
         let result = (|| {
             let mem = Memory::new(self, &mut ptrs, state)?;
             for op in &self.graph.nodes {
-                self.run_op(&mem, op, params, &mut scratch, &mut slots, &mut ranges)?;
+                self.run_op(&mem, op, params, &mut scratch)?;
             }
             Ok(())
         })();
-        self.matmul_scratch = scratch;
-        self.visible_slots = slots;
-        self.visible_ranges = ranges;
+        self.scratch = scratch;
         ptrs.clear();
         self.tensor_ptrs = ptrs;
         result
@@ -504,9 +522,7 @@ impl CpuExecutable {
         mem: &Memory,
         op: &Op,
         params: &ExecParams,
-        scratch: &mut MatmulScratch,
-        slots: &mut Vec<u32>,
-        ranges: &mut Vec<(usize, usize, usize)>,
+        scratch: &mut OpScratch,
     ) -> Result<(), Error> {
         let g = &self.graph;
         let cols = |t: TensorId| g.tensors[t.0].shape.get(1).copied().unwrap_or(0);
@@ -567,7 +583,7 @@ impl CpuExecutable {
                 let wm = mem.weight_matrix(w, wd.dtype)?;
                 let x = &mem.typed::<f32>(x)?[..n * k];
                 let out = &mut mem.typed_mut::<f32>(out)?[..n * m];
-                matmul(self.kernels, &wm, m, k, x, n, out, scratch)?;
+                matmul(self.kernels, &wm, m, k, x, n, out, &mut scratch.matmul)?;
             }
             Op::Rope {
                 x,
@@ -633,6 +649,12 @@ impl CpuExecutable {
                         *dst = f16::from_f32(*src);
                     }
                 }
+                let OpScratch {
+                    visible_slots: slots,
+                    visible_ranges: ranges,
+                    visible_rows,
+                    ..
+                } = scratch;
                 slots.clear();
                 ranges.clear();
                 let tree = match (mask, tree_mask) {
@@ -654,13 +676,11 @@ impl CpuExecutable {
                     };
                     ranges.push((prefix, start, slots.len()));
                 }
-                let rows: Vec<RowVisibility> = ranges
-                    .iter()
-                    .map(|&(prefix_len, a, b)| RowVisibility {
-                        prefix_len,
-                        extra: &slots[a..b],
-                    })
-                    .collect();
+                let mut rows = recycle(std::mem::take(visible_rows));
+                rows.extend(ranges.iter().map(|&(prefix_len, a, b)| RowVisibility {
+                    prefix_len,
+                    extra: &slots[a..b],
+                }));
                 let shape = AttentionShape {
                     n_heads,
                     n_kv_heads,
@@ -671,7 +691,9 @@ impl CpuExecutable {
                 let qv = &mem.typed::<f32>(q)?[..n * q_dim];
                 let out = &mut mem.typed_mut::<f32>(out)?[..n * q_dim];
                 let (kc, vc) = (mem.typed::<f16>(k_cache)?, mem.typed::<f16>(v_cache)?);
-                attention(self.kernels, &shape, qv, n, kc, vc, &rows, out)?;
+                let result = attention(self.kernels, &shape, qv, n, kc, vc, &rows, out);
+                *visible_rows = recycle(rows);
+                result?;
             }
             Op::SiluMul { gate, up, out } => {
                 let len = self.active_rows(out, params) * cols(out);
