@@ -9,6 +9,7 @@
 //! only builds such a set after checking those features at run time.
 
 use crate::quant::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1};
+use crate::repack::{self, BlockQ4_0x8, BlockQ4_1x8, BlockQ8_0x8, GroupGemm};
 use crate::scalar;
 use half::f16;
 use std::fmt;
@@ -126,6 +127,16 @@ pub struct KernelSet {
     /// `out[i] = silu(gate[i]) * up[i]` as ggml's `ggml_vec_swiglu_f32`
     /// (bitwise equal across tiers).
     pub silu_mul_f32: fn(&[f32], &[f32], &mut [f32]),
+    /// Whether weights should be repacked into 8-row groups for this tier
+    /// (its `gemm_*_x8` kernels are faster than its row kernels).
+    pub prefers_repacked: bool,
+    /// Q4_0 row group × Q8_0 activation rows (see [`crate::repack`]); per
+    /// result bitwise equal to `vec_dot_q4_0_q8_0` on the unpacked row.
+    pub gemm_q4_0_x8: GroupGemm<BlockQ4_0x8, BlockQ8_0>,
+    /// Q4_1 row group × Q8_1 activation rows; bitwise as `vec_dot_q4_1_q8_1`.
+    pub gemm_q4_1_x8: GroupGemm<BlockQ4_1x8, BlockQ8_1>,
+    /// Q8_0 row group × Q8_0 activation rows; bitwise as `vec_dot_q8_0_q8_0`.
+    pub gemm_q8_0_x8: GroupGemm<BlockQ8_0x8, BlockQ8_0>,
 }
 
 /// The portable reference set.
@@ -146,6 +157,10 @@ pub(crate) const SCALAR_KERNELS: KernelSet = KernelSet {
     scale_round_f16: scalar::scalar_scale_round_f16,
     exp_f32: scalar::scalar_exp_f32,
     silu_mul_f32: scalar::scalar_silu_mul_f32,
+    prefers_repacked: false,
+    gemm_q4_0_x8: repack::scalar_gemm_q4_0_x8,
+    gemm_q4_1_x8: repack::scalar_gemm_q4_1_x8,
+    gemm_q8_0_x8: repack::scalar_gemm_q8_0_x8,
 };
 
 /// Environment variable that forces a lower tier (e.g. `scalar`) for debugging

@@ -30,10 +30,15 @@ pub mod kquant;
 pub mod matmul;
 pub mod ops;
 pub mod quant;
+pub mod repack;
 pub mod scalar;
 mod simd_f32;
 #[cfg(target_arch = "x86_64")]
 mod x86;
+// Tiles index several per-column arrays in step; iterators would obscure that.
+#[allow(clippy::needless_range_loop)]
+#[cfg(target_arch = "x86_64")]
+mod x86_repack;
 
 pub use attention::{attention, AttentionShape, RowVisibility};
 pub use dispatch::{KernelSet, Tier};
@@ -41,6 +46,7 @@ pub use half::{bf16, f16};
 pub use kquant::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, QK_K};
 pub use matmul::{matmul, MatmulScratch, WeightMatrix};
 pub use quant::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, QK};
+pub use repack::{BlockQ4_0x8, BlockQ4_1x8, BlockQ8_0x8};
 
 /// Errors of the kernel crate: all are caller mistakes about shapes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -42,7 +42,7 @@ pub(crate) fn hsum16(a: &[f32; 16]) -> f32 {
 /// The eight i32 lanes of an AVX2 int8 block dot: lane `j` is the exact sum
 /// of the products of elements `4j..4j+4`, converted to f32.
 #[inline(always)]
-fn block_lanes(x: impl Fn(usize) -> i32, y: &[i8; QK]) -> [f32; 8] {
+pub(crate) fn block_lanes(x: impl Fn(usize) -> i32, y: &[i8; QK]) -> [f32; 8] {
     let mut lanes = [0.0f32; 8];
     for (j, lane) in lanes.iter_mut().enumerate() {
         let s: i32 = (4 * j..4 * j + 4).map(|e| x(e) * y[e] as i32).sum();
@@ -53,7 +53,7 @@ fn block_lanes(x: impl Fn(usize) -> i32, y: &[i8; QK]) -> [f32; 8] {
 
 /// `acc[j] = fma(d, lanes[j], acc[j])`, ggml's per-block accumulation.
 #[inline(always)]
-fn fma_lanes(acc: &mut [f32; 8], d: f32, lanes: &[f32; 8]) {
+pub(crate) fn fma_lanes(acc: &mut [f32; 8], d: f32, lanes: &[f32; 8]) {
     for (a, &l) in acc.iter_mut().zip(lanes) {
         *a = d.mul_add(l, *a);
     }
@@ -78,7 +78,7 @@ pub fn scalar_vec_dot_q4_0_q8_0(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
 /// Element `e` of a block of 32 packed nibbles (ggml layout: low nibbles are
 /// elements 0..16, high nibbles 16..32).
 #[inline(always)]
-fn nibble(qs: &[u8; QK / 2], e: usize) -> i32 {
+pub(crate) fn nibble(qs: &[u8; QK / 2], e: usize) -> i32 {
     if e < QK / 2 {
         (qs[e] & 0x0F) as i32
     } else {

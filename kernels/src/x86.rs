@@ -59,6 +59,10 @@ pub(crate) fn avx2_kernel_set() -> KernelSet {
         scale_round_f16: avx2_scale_round_f16,
         exp_f32: crate::scalar::scalar_exp_f32,
         silu_mul_f32: crate::scalar::scalar_silu_mul_f32,
+        prefers_repacked: true,
+        gemm_q4_0_x8: crate::x86_repack::avx2_gemm_q4_0_x8,
+        gemm_q4_1_x8: crate::x86_repack::avx2_gemm_q4_1_x8,
+        gemm_q8_0_x8: crate::x86_repack::avx2_gemm_q8_0_x8,
     }
 }
 
@@ -80,6 +84,10 @@ pub(crate) fn avx512vnni_kernel_set() -> KernelSet {
         scale_round_f16: avx512_scale_round_f16,
         exp_f32: avx512_exp_f32,
         silu_mul_f32: avx512_silu_mul_f32,
+        prefers_repacked: true,
+        gemm_q4_0_x8: crate::x86_repack::avx512vnni_gemm_q4_0_x8,
+        gemm_q4_1_x8: crate::x86_repack::avx512vnni_gemm_q4_1_x8,
+        gemm_q8_0_x8: crate::x86_repack::avx512vnni_gemm_q8_0_x8,
     }
 }
 

@@ -5,6 +5,7 @@ mod common;
 
 use common::{all_kernel_sets, Rng};
 use coordgen_kernels::quant::*;
+use coordgen_kernels::repack::*;
 use coordgen_kernels::{f16, matmul, Error, KernelSet, MatmulScratch, WeightMatrix};
 
 /// Owned weights of every type, quantized from the same f32 matrix.
@@ -14,6 +15,8 @@ struct Weights {
     q4_0: Vec<BlockQ4_0>,
     q4_1: Vec<BlockQ4_1>,
     q8_0: Vec<BlockQ8_0>,
+    /// The quantized weights repacked in 8-row groups (when rows % 8 == 0).
+    repacked: Option<(Vec<BlockQ4_0x8>, Vec<BlockQ4_1x8>, Vec<BlockQ8_0x8>)>,
 }
 
 impl Weights {
@@ -28,23 +31,40 @@ impl Weights {
         quantize_row_q4_1(&f32, &mut q4_1);
         quantize_row_q8_0(&f32, &mut q8_0);
         let f16 = f32.iter().map(|&v| f16::from_f32(v)).collect();
+        let repacked = rows.is_multiple_of(GROUP).then(|| {
+            let ng = nb / GROUP;
+            let mut a = vec![BlockQ4_0x8::default(); ng];
+            let mut b = vec![BlockQ4_1x8::default(); ng];
+            let mut c = vec![BlockQ8_0x8::default(); ng];
+            repack_q4_0(&q4_0, rows, cols, &mut a).unwrap();
+            repack_q4_1(&q4_1, rows, cols, &mut b).unwrap();
+            repack_q8_0(&q8_0, rows, cols, &mut c).unwrap();
+            (a, b, c)
+        });
         Weights {
             f32,
             f16,
             q4_0,
             q4_1,
             q8_0,
+            repacked,
         }
     }
 
-    fn all(&self) -> [(&'static str, WeightMatrix<'_>); 5] {
-        [
+    fn all(&self) -> Vec<(&'static str, WeightMatrix<'_>)> {
+        let mut all = vec![
             ("f32", WeightMatrix::F32(&self.f32)),
             ("f16", WeightMatrix::F16(&self.f16)),
             ("q4_0", WeightMatrix::Q4_0(&self.q4_0)),
             ("q4_1", WeightMatrix::Q4_1(&self.q4_1)),
             ("q8_0", WeightMatrix::Q8_0(&self.q8_0)),
-        ]
+        ];
+        if let Some((a, b, c)) = &self.repacked {
+            all.push(("q4_0x8", WeightMatrix::Q4_0x8(a)));
+            all.push(("q4_1x8", WeightMatrix::Q4_1x8(b)));
+            all.push(("q8_0x8", WeightMatrix::Q8_0x8(c)));
+        }
+        all
     }
 
     /// The weights as the kernels see them, dequantized to f32.
@@ -56,6 +76,9 @@ impl Weights {
             WeightMatrix::Q4_0(v) => dequantize_row_q4_0(v, &mut out),
             WeightMatrix::Q4_1(v) => dequantize_row_q4_1(v, &mut out),
             WeightMatrix::Q8_0(v) => dequantize_row_q8_0(v, &mut out),
+            WeightMatrix::Q4_0x8(_) => dequantize_row_q4_0(&self.q4_0, &mut out),
+            WeightMatrix::Q4_1x8(_) => dequantize_row_q4_1(&self.q4_1, &mut out),
+            WeightMatrix::Q8_0x8(_) => dequantize_row_q8_0(&self.q8_0, &mut out),
         }
         out
     }
@@ -161,10 +184,7 @@ fn matches_dequantized_f64_reference() {
         for (name, w) in weights.all() {
             let wd = weights.dequantized(&w);
             let got = run(&ks, &w, rows, cols, &x, n);
-            let quantized_acts = matches!(
-                w,
-                WeightMatrix::Q4_0(_) | WeightMatrix::Q4_1(_) | WeightMatrix::Q8_0(_)
-            );
+            let quantized_acts = !matches!(w, WeightMatrix::F32(_) | WeightMatrix::F16(_));
             for j in 0..n {
                 let xr = &x[j * cols..(j + 1) * cols];
                 for r in 0..rows {
@@ -179,7 +199,7 @@ fn matches_dequantized_f64_reference() {
                         for (wb, xb) in wr.chunks(QK).zip(xr.chunks(QK)) {
                             let d = xb.iter().fold(0.0f32, |m, v| m.max(v.abs())) as f64 / 127.0;
                             tol += wb.iter().map(|&v| v.abs() as f64).sum::<f64>() * 0.6 * d;
-                            if let WeightMatrix::Q4_1(_) = w {
+                            if let WeightMatrix::Q4_1(_) | WeightMatrix::Q4_1x8(_) = w {
                                 let s: f64 = xb.iter().map(|&v| v.abs() as f64).sum();
                                 let m = wb.iter().fold(f32::MAX, |m, &v| m.min(v)).abs() as f64;
                                 tol += m * (s + 127.0 * d) * 2f64.powi(-9);
@@ -255,4 +275,108 @@ fn shape_errors_are_errors() {
     assert!(matmul(ks, &q, usize::MAX, 64, &x, 2, &mut out, &mut s).is_err());
     // n = 0 is a valid empty product.
     matmul(ks, &q, 4, 64, &[], 0, &mut [], &mut s).unwrap();
+}
+
+/// Repacked weights give, per output, bitwise what the row-major kernels
+/// give (and so what llama.cpp gives), in every tier and at every width.
+#[test]
+fn repacked_weights_match_row_major_bitwise() {
+    let (rows, cols) = (48, 576);
+    let weights = Weights::new(rows, cols, 11);
+    let (a, b, c) = weights.repacked.as_ref().unwrap();
+    let x = Rng::new(12).activations(33 * cols);
+    let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+    for ks in all_kernel_sets() {
+        for n in [1, 2, 3, 4, 5, 7, 8, 9, 17, 33] {
+            let x = &x[..n * cols];
+            for (name, packed, plain) in [
+                (
+                    "q4_0",
+                    WeightMatrix::Q4_0x8(a),
+                    WeightMatrix::Q4_0(&weights.q4_0),
+                ),
+                (
+                    "q4_1",
+                    WeightMatrix::Q4_1x8(b),
+                    WeightMatrix::Q4_1(&weights.q4_1),
+                ),
+                (
+                    "q8_0",
+                    WeightMatrix::Q8_0x8(c),
+                    WeightMatrix::Q8_0(&weights.q8_0),
+                ),
+            ] {
+                assert_eq!(
+                    bits(run(&ks, &packed, rows, cols, x, n)),
+                    bits(run(&KernelSet::scalar(), &plain, rows, cols, x, n)),
+                    "{} {name} n={n}: repacked differs from the scalar row kernels",
+                    ks.tier
+                );
+            }
+        }
+    }
+}
+
+/// Q8_0 weights may hold -128 in a (hostile or foreign) file: the repacked
+/// kernels still compute the exact integer sums.
+#[test]
+fn repacked_q8_0_handles_minus_128() {
+    let (rows, cols, n) = (8, 64, 3);
+    let mut w = Weights::new(rows, cols, 13).q8_0;
+    for b in w.iter_mut().step_by(3) {
+        b.qs[5] = -128;
+        b.qs[31] = -128;
+    }
+    let mut packed = vec![BlockQ8_0x8::default(); w.len() / GROUP];
+    repack_q8_0(&w, rows, cols, &mut packed).unwrap();
+    let x = Rng::new(14).activations(n * cols);
+    for ks in all_kernel_sets() {
+        let got = run(&ks, &WeightMatrix::Q8_0x8(&packed), rows, cols, &x, n);
+        let want = run(
+            &KernelSet::scalar(),
+            &WeightMatrix::Q8_0(&w),
+            rows,
+            cols,
+            &x,
+            n,
+        );
+        assert_eq!(
+            got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            "{}",
+            ks.tier
+        );
+    }
+}
+
+#[test]
+fn repack_shape_errors_are_errors() {
+    let w = Weights::new(8, 64, 15);
+    let mut out = vec![BlockQ4_1x8::default(); 2];
+    assert!(repack_q4_1(&w.q4_1, 8, 64, &mut out).is_ok());
+    assert!(matches!(
+        repack_q4_1(&w.q4_1[..14], 7, 64, &mut out),
+        Err(Error::NotMultiple { .. })
+    ));
+    assert!(matches!(
+        repack_q4_1(&w.q4_1, 8, 64, &mut out[..1]),
+        Err(Error::Shape { .. })
+    ));
+    let ks = KernelSet::best();
+    let x = vec![0.0; 64];
+    let mut o = [0.0; 8];
+    let packed = WeightMatrix::Q4_1x8(&out);
+    assert!(matches!(
+        matmul(
+            ks,
+            &packed,
+            4,
+            64,
+            &x,
+            1,
+            &mut o[..4],
+            &mut MatmulScratch::default()
+        ),
+        Err(Error::NotMultiple { .. })
+    ));
 }

@@ -5,7 +5,9 @@
 //!   the activation quantizers and `scale_f32`: bit-identical (every tier
 //!   follows llama.cpp's order of float operations);
 //! * `dot_f32`: `1e-5 · Σ |x_i·y_i|` (reassociated per tier);
-//! * the `_x4` kernels: bitwise equal, per row, to the tier's single-row kernel.
+//! * the `_x4` kernels: bitwise equal, per row, to the tier's single-row kernel;
+//! * the 8-row group GEMMs (`gemm_*_x8`): bitwise equal to their scalar twins
+//!   and, per row, to the scalar row-major dot of the unpacked row.
 //!
 //! A tier this CPU lacks is skipped with a note on stderr.
 
@@ -13,6 +15,7 @@ mod common;
 
 use common::{kernels_or_skip, Rng};
 use coordgen_kernels::quant::*;
+use coordgen_kernels::repack::*;
 use coordgen_kernels::scalar::*;
 use coordgen_kernels::{f16, Tier};
 use proptest::prelude::*;
@@ -247,6 +250,100 @@ fn check_scale_f32(tier: Tier, len: usize, seed: u64) {
     assert_eq!(xs, xr);
 }
 
+/// One random row group of `nb` blocks against `n` activation rows: the
+/// tier's group kernel against the scalar twin and the row-major dot.
+macro_rules! check_group_gemm {
+    ($name:ident, $kernel:ident, $twin:ident, $wblock:ident, $ablock:ident, $aux:expr, $unpack:ident, $dot:ident) => {
+        fn $name(tier: Tier, nb: usize, n: usize, seed: u64) {
+            let Some(ks) = kernels_or_skip(tier) else {
+                return;
+            };
+            let mut rng = Rng::new(seed);
+            let rows: Vec<Vec<_>> = (0..GROUP).map(|_| rng.vec(nb, Rng::$wblock)).collect();
+            let mut packed = vec![Default::default(); nb];
+            let flat: Vec<_> = rows.iter().flatten().copied().collect();
+            repack_rows(&flat, nb, &mut packed);
+            let act: Vec<_> = rng.vec(n * nb, Rng::$ablock);
+            let mut aux = vec![ActAux::default(); act.len()];
+            $aux(&act, &mut aux);
+            let mut got = vec![[0.0f32; GROUP]; n];
+            let mut want = vec![[0.0f32; GROUP]; n];
+            (ks.$kernel)(&packed, &act, &aux, &mut got);
+            $twin(&packed, &act, &aux, &mut want);
+            for j in 0..n {
+                for r in 0..GROUP {
+                    assert_bits(stringify!($kernel), got[j][r], want[j][r]);
+                    let row: Vec<_> = $unpack(&packed, r).collect();
+                    assert_bits(
+                        "row-major",
+                        got[j][r],
+                        $dot(&row, &act[j * nb..(j + 1) * nb]),
+                    );
+                }
+            }
+        }
+    };
+}
+
+/// Repacks `GROUP` rows of `nb` blocks (whatever the block type) via the
+/// library's repack functions.
+trait RepackRows: Sized {
+    type Packed;
+    fn repack(rows: &[Self], nb: usize, out: &mut [Self::Packed]);
+}
+impl RepackRows for BlockQ4_0 {
+    type Packed = BlockQ4_0x8;
+    fn repack(rows: &[Self], nb: usize, out: &mut [BlockQ4_0x8]) {
+        repack_q4_0(rows, GROUP, nb * QK, out).unwrap()
+    }
+}
+impl RepackRows for BlockQ4_1 {
+    type Packed = BlockQ4_1x8;
+    fn repack(rows: &[Self], nb: usize, out: &mut [BlockQ4_1x8]) {
+        repack_q4_1(rows, GROUP, nb * QK, out).unwrap()
+    }
+}
+impl RepackRows for BlockQ8_0 {
+    type Packed = BlockQ8_0x8;
+    fn repack(rows: &[Self], nb: usize, out: &mut [BlockQ8_0x8]) {
+        repack_q8_0(rows, GROUP, nb * QK, out).unwrap()
+    }
+}
+fn repack_rows<B: RepackRows>(rows: &[B], nb: usize, out: &mut [B::Packed]) {
+    B::repack(rows, nb, out)
+}
+
+check_group_gemm!(
+    check_gemm_q4_0_x8,
+    gemm_q4_0_x8,
+    scalar_gemm_q4_0_x8,
+    block_q4_0,
+    block_q8_0,
+    |a: &[BlockQ8_0], x: &mut [ActAux]| act_aux_q8_0(a, 8, x),
+    unpack_row_q4_0,
+    scalar_vec_dot_q4_0_q8_0
+);
+check_group_gemm!(
+    check_gemm_q4_1_x8,
+    gemm_q4_1_x8,
+    scalar_gemm_q4_1_x8,
+    block_q4_1,
+    block_q8_1,
+    act_aux_q8_1,
+    unpack_row_q4_1,
+    scalar_vec_dot_q4_1_q8_1
+);
+check_group_gemm!(
+    check_gemm_q8_0_x8,
+    gemm_q8_0_x8,
+    scalar_gemm_q8_0_x8,
+    block_q8_0,
+    block_q8_0,
+    |a: &[BlockQ8_0], x: &mut [ActAux]| act_aux_q8_0(a, 128, x),
+    unpack_row_q8_0,
+    scalar_vec_dot_q8_0_q8_0
+);
+
 /// One proptest per kernel for each listed tier.
 macro_rules! simd_twin_tests {
     ($($module:ident => $tier:expr),* $(,)?) => {$(
@@ -267,6 +364,9 @@ macro_rules! simd_twin_tests {
                 #[test] fn scale_round_f16(len in 0usize..300, seed in any::<u64>()) { check_scale_round_f16(TIER, len, seed) }
                 #[test] fn exp_f32(len in 0usize..300, seed in any::<u64>()) { check_exp_f32(TIER, len, seed) }
                 #[test] fn silu_mul_f32(len in 0usize..300, seed in any::<u64>()) { check_silu_mul_f32(TIER, len, seed) }
+                #[test] fn gemm_q4_0_x8(nb in 0usize..40, n in 1usize..10, seed in any::<u64>()) { check_gemm_q4_0_x8(TIER, nb, n, seed) }
+                #[test] fn gemm_q4_1_x8(nb in 0usize..40, n in 1usize..10, seed in any::<u64>()) { check_gemm_q4_1_x8(TIER, nb, n, seed) }
+                #[test] fn gemm_q8_0_x8(nb in 0usize..40, n in 1usize..10, seed in any::<u64>()) { check_gemm_q8_0_x8(TIER, nb, n, seed) }
             }
         }
     )*};

@@ -6,8 +6,8 @@ use coordgen_graph::{
     Subgraph, TensorDecl, TensorId, TensorKind, WeightBytes, WeightSource,
 };
 use coordgen_kernels::{
-    attention, matmul, AttentionShape, BlockQ4_0, BlockQ4_1, BlockQ8_0, KernelSet, MatmulScratch,
-    RowVisibility, WeightMatrix,
+    attention, matmul, AttentionShape, BlockQ4_0, BlockQ4_0x8, BlockQ4_1, BlockQ4_1x8, BlockQ8_0,
+    BlockQ8_0x8, KernelSet, MatmulScratch, RowVisibility, WeightMatrix,
 };
 use half::f16;
 use std::sync::Arc;
@@ -28,6 +28,8 @@ pub struct CpuExecutable {
     /// Bytes of every tensor (validated at compile time).
     sizes: Vec<usize>,
     weights: Vec<WeightBytes>,
+    /// Per tensor: whether its bound weight bytes are repacked in 8-row groups.
+    repacked: Vec<bool>,
     kernels: &'static KernelSet,
     pool: Arc<rayon::ThreadPool>,
     /// Base pointer of every tensor for the current run, reused across runs.
@@ -80,12 +82,23 @@ impl CpuExecutable {
         weights: &dyn WeightSource,
         kernels: &'static KernelSet,
         pool: Arc<rayon::ThreadPool>,
+        repack: Option<&crate::RepackCache>,
     ) -> Result<Self, Error> {
         memory::validate_arena(graph).map_err(|e| bad(graph, e.to_string()))?;
         let mut places = Vec::with_capacity(graph.tensors.len());
         let mut sizes = Vec::with_capacity(graph.tensors.len());
         let mut bound = Vec::new();
-        for t in &graph.tensors {
+        let mut repacked = vec![false; graph.tensors.len()];
+        // Weights that this graph only uses as matmul matrices can be repacked.
+        let mut matmul_only = vec![None::<bool>; graph.tensors.len()];
+        for op in &graph.nodes {
+            for input in op.inputs() {
+                let is_matmul_w = matches!(*op, Op::MatMul { w, .. } if w == input);
+                let slot = &mut matmul_only[input.0];
+                *slot = Some(slot.unwrap_or(true) && is_matmul_w);
+            }
+        }
+        for (ti, t) in graph.tensors.iter().enumerate() {
             let size = t.n_bytes().ok_or_else(|| {
                 bad(
                     graph,
@@ -108,7 +121,7 @@ impl CpuExecutable {
                             ),
                         });
                     }
-                    let bytes = weights.bytes(name).ok_or_else(|| Error::BadWeight {
+                    let mut bytes = weights.bytes(name).ok_or_else(|| Error::BadWeight {
                         name: name.clone(),
                         message: "no data".into(),
                     })?;
@@ -117,6 +130,14 @@ impl CpuExecutable {
                             name: name.clone(),
                             message: format!("{} bytes, expected {size}", bytes.as_slice().len()),
                         });
+                    }
+                    if let (Some(cache), Some(true), &[rows, cols]) =
+                        (repack, matmul_only[ti], t.shape.as_slice())
+                    {
+                        if crate::repack::repackable(t.dtype, rows, cols) {
+                            bytes = cache.get(name, t.dtype, rows, cols, bytes.as_slice())?;
+                            repacked[ti] = true;
+                        }
                     }
                     bound.push(bytes);
                     Place::Weight(bound.len() - 1)
@@ -133,6 +154,7 @@ impl CpuExecutable {
             places,
             sizes,
             weights: bound,
+            repacked,
             kernels,
             pool,
             tensor_ptrs: Vec::new(),
@@ -410,8 +432,16 @@ impl<'a> Memory<'a> {
         })
     }
 
-    fn weight_matrix(&self, t: TensorId, dtype: DType) -> Result<WeightMatrix<'_>, Error> {
+    fn weight_matrix(
+        &self,
+        t: TensorId,
+        dtype: DType,
+        repacked: bool,
+    ) -> Result<WeightMatrix<'_>, Error> {
         Ok(match dtype {
+            DType::Q4_0 if repacked => WeightMatrix::Q4_0x8(self.typed::<BlockQ4_0x8>(t)?),
+            DType::Q4_1 if repacked => WeightMatrix::Q4_1x8(self.typed::<BlockQ4_1x8>(t)?),
+            DType::Q8_0 if repacked => WeightMatrix::Q8_0x8(self.typed::<BlockQ8_0x8>(t)?),
             DType::F32 => WeightMatrix::F32(self.typed::<f32>(t)?),
             DType::F16 => WeightMatrix::F16(self.typed::<f16>(t)?),
             DType::Q4_0 => WeightMatrix::Q4_0(self.typed::<BlockQ4_0>(t)?),
@@ -580,7 +610,7 @@ impl CpuExecutable {
                 let n = self
                     .active_rows(x, params)
                     .min(self.active_rows(out, params));
-                let wm = mem.weight_matrix(w, wd.dtype)?;
+                let wm = mem.weight_matrix(w, wd.dtype, self.repacked[w.0])?;
                 let x = &mem.typed::<f32>(x)?[..n * k];
                 let out = &mut mem.typed_mut::<f32>(out)?[..n * m];
                 matmul(self.kernels, &wm, m, k, x, n, out, &mut scratch.matmul)?;

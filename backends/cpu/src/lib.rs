@@ -11,10 +11,13 @@
 #![warn(unsafe_op_in_unsafe_fn)]
 
 mod exec;
+mod repack;
 
 use coordgen_graph::{Backend, DType, Executable, Op, Subgraph, WeightSource};
 use coordgen_kernels::KernelSet;
 use std::sync::Arc;
+
+pub use repack::RepackCache;
 
 pub use exec::CpuExecutable;
 
@@ -49,6 +52,9 @@ impl From<Error> for coordgen_graph::Error {
 pub struct CpuBackend {
     kernels: &'static KernelSet,
     pool: Arc<rayon::ThreadPool>,
+    /// Matmul weights repacked in 8-row groups, shared by every subgraph
+    /// (all buckets use the same weights, so each is repacked once).
+    repacked: RepackCache,
 }
 
 impl CpuBackend {
@@ -76,6 +82,7 @@ impl CpuBackend {
         Ok(CpuBackend {
             kernels,
             pool: Arc::new(pool),
+            repacked: RepackCache::default(),
         })
     }
 
@@ -120,7 +127,8 @@ impl Backend for CpuBackend {
                 graph: graph.name.clone(),
             });
         }
-        let exe = CpuExecutable::new(graph, weights, self.kernels, self.pool.clone())?;
+        let repack = self.kernels.prefers_repacked.then_some(&self.repacked);
+        let exe = CpuExecutable::new(graph, weights, self.kernels, self.pool.clone(), repack)?;
         Ok(Box::new(exe))
     }
 }
