@@ -263,6 +263,16 @@ impl Engine {
         )
     }
 
+    /// The kernel tier the backend runs (e.g. `avx512vnni`), for reports.
+    pub fn kernel_tier(&self) -> Tier {
+        self.inner.backend.kernels().tier
+    }
+
+    /// Worker threads of the backend.
+    pub fn threads(&self) -> usize {
+        self.inner.backend.threads()
+    }
+
     /// A new session with an empty KV cache.
     pub fn session(&self) -> Session {
         Session::new(self.clone())

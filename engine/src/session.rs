@@ -137,6 +137,18 @@ impl Session {
         self.last_logits.clear();
     }
 
+    /// Rolls the history back to its first `len` tokens (no-op when it holds
+    /// no more), e.g. to drop rejected draft tokens or to repeat a pass on
+    /// the same prefix. The cached K/V of the dropped tokens are simply
+    /// overwritten by later passes. The logits after the new last token are
+    /// unknown afterwards ([`Session::logits`] is empty).
+    pub fn truncate(&mut self, len: usize) {
+        if len < self.history.len() {
+            self.history.truncate(len);
+            self.last_logits.clear();
+        }
+    }
+
     /// Makes the session hold exactly `tokens`, reusing the cached prefix they
     /// share with what it holds, and computes the logits after the last one.
     /// Returns how many tokens were reused.
@@ -213,8 +225,15 @@ impl Session {
     /// Teacher forcing: appends `tokens` and returns the logits after each of
     /// them (`tokens.len() * vocab` values).
     pub fn append_all_logits(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
-        let past = self.history.len();
         let mut logits = Vec::new();
+        self.append_all_logits_into(tokens, &mut logits)?;
+        Ok(logits)
+    }
+
+    /// [`Session::append_all_logits`] into a caller's buffer (cleared first),
+    /// so repeated passes reuse one allocation.
+    pub fn append_all_logits_into(&mut self, tokens: &[u32], logits: &mut Vec<f32>) -> Result<()> {
+        let past = self.history.len();
         self.engine.forward(
             &mut self.state,
             Pass {
@@ -223,7 +242,7 @@ impl Session {
                 attend: Attend::Causal,
                 wanted: LogitsWanted::All,
             },
-            &mut logits,
+            logits,
             &mut |_, _| {},
         )?;
         self.history.extend_from_slice(tokens);
@@ -231,7 +250,7 @@ impl Session {
         self.last_logits.clear();
         self.last_logits
             .extend_from_slice(&logits[logits.len() - vocab..]);
-        Ok(logits)
+        Ok(())
     }
 
     /// Evaluates a token tree after the history without committing it:
