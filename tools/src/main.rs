@@ -15,6 +15,8 @@ Examples:
   coordgen run --prompt \"List three colors\" --json
   coordgen chat --context notes.txt
   coordgen bench --context tools/demo-context.md --prompt \"Summarize.\" --runs 3
+  coordgen bench --prefill 512 --decode 128 --threads 2 --json
+  coordgen bench --verify-widths 1,2,4,8,16,32 --depth 1024 --plot verify.svg
   coordgen inspect --tensors
   coordgen compile --verify-widths 1,8,16
 
@@ -45,7 +47,8 @@ enum Command {
     Run(run::RunArgs),
     /// Interactive multi-turn chat; each turn reuses the KV cache of the last.
     Chat(run::ChatArgs),
-    /// Measure prefill and decode speed over a context; prints a table, can write JSON.
+    /// Measure speed: prefill/decode over a context, or llama-bench style pp/tg and verify-width costs.
+    #[command(after_help = bench::HELP)]
     Bench(bench::BenchArgs),
     /// Show a GGUF file's metadata and tensors.
     Inspect(inspect::InspectArgs),
