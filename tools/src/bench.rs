@@ -30,7 +30,8 @@ Modes:
                verify: the cache is filled with --depth tokens once, then for each
                width w one forward pass of w new tokens with every row's logits,
                rolled back to --depth after each pass (ms per pass, and its cost
-               relative to width 1: the cost of verifying w draft tokens).
+               relative to width 1: the cost of verifying w draft tokens); the
+               widths take turns, one untimed and one timed pass per round.
              A phase runs only when its flag is given; 0 skips it.
 
 Every test runs once to warm up, then --repeat times; tables show the median
@@ -700,32 +701,40 @@ fn verify_widths(
             .context("filling the KV cache to --depth")?;
     }
     let fill_ms = started.elapsed().as_secs_f64() * 1e3;
+    // Each width's tokens and its chain mask (row i sees rows 0..=i: causal).
+    let inputs: Vec<(Vec<u32>, Vec<u8>)> = widths
+        .iter()
+        .map(|&w| {
+            let mask = (0..w * w).map(|k| u8::from(k % w <= k / w)).collect();
+            (source.random(w), mask)
+        })
+        .collect();
+    let mut samples = vec![Vec::with_capacity(repeat); widths.len()];
     let mut logits = Vec::new();
-    let mut results = Vec::new();
-    for &width in widths {
-        eprintln!("bench: verify width {width} at depth {depth}, 1 warm-up + {repeat} runs");
-        let tokens = source.random(width);
-        // Row i sees rows 0..=i: a chain, i.e. causal.
-        let mask: Vec<u8> = (0..width * width)
-            .map(|k| u8::from(k % width <= k / width))
-            .collect();
-        let mut samples = Vec::new();
-        for run in 0..=repeat {
-            let started = Instant::now();
-            match path {
-                VerifyPath::Causal => {
-                    session.append_all_logits_into(&tokens, &mut logits)?;
+    // Round-robin over the widths, so a burst of load on a shared machine
+    // disturbs every width alike instead of skewing the ratios. Each timed
+    // pass follows an untimed one of the same width, so it finds the caches
+    // as back-to-back passes of its own width leave them.
+    eprintln!(
+        "bench: verify widths {widths:?} at depth {depth}, 1 warm-up round + {repeat} rounds"
+    );
+    for round in 0..=repeat {
+        for ((tokens, mask), samples) in inputs.iter().zip(&mut samples) {
+            for timed in [false, true] {
+                let started = Instant::now();
+                match path {
+                    VerifyPath::Causal => session.append_all_logits_into(tokens, &mut logits)?,
+                    VerifyPath::Tree => logits = session.eval_tree(tokens, mask)?,
                 }
-                VerifyPath::Tree => logits = session.eval_tree(&tokens, &mask)?,
-            }
-            let ms = started.elapsed().as_secs_f64() * 1e3;
-            session.truncate(depth);
-            if run > 0 {
-                samples.push(ms);
+                let ms = started.elapsed().as_secs_f64() * 1e3;
+                session.truncate(depth);
+                if timed && round > 0 {
+                    samples.push(ms);
+                }
             }
         }
-        results.push((width, samples));
     }
+    let results = widths.iter().copied().zip(samples).collect();
     std::hint::black_box(&logits);
     Ok(VerifyResult {
         depth,
