@@ -10,6 +10,7 @@
 //! number of rows or the thread split.
 
 use crate::dispatch::KernelSet;
+use crate::matmul::SharedOut;
 use crate::{check_len, Error};
 use half::f16;
 use rayon::prelude::*;
@@ -40,11 +41,148 @@ pub struct RowVisibility<'a> {
 /// Below this many score·value multiply-adds everything runs on the calling thread.
 const SEQUENTIAL_WORK_LIMIT: usize = 32 * 1024;
 
-/// Computes attention for `n_rows` query rows.
-///
-/// `q` and `out` are `n_rows × n_heads × head_dim`; `k_cache` and `v_cache`
-/// are `capacity × n_kv_heads × head_dim` f16. Head `h` reads KV head
-/// `h / (n_heads / n_kv_heads)`. A row with no visible slot gets zeros.
+/// One attention call's operands, checked by [`AttentionJob::new`]; its
+/// work is `tasks()` independent (query row, head) pairs that any number of
+/// threads can split with [`AttentionJob::run_tasks`].
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionJob<'a> {
+    ks: &'a KernelSet,
+    shape: AttentionShape,
+    q: &'a [f32],
+    k_cache: &'a [f16],
+    v_cache: &'a [f16],
+    rows: &'a [RowVisibility<'a>],
+    /// Score·value multiply-adds of the whole call.
+    work: usize,
+}
+
+impl<'a> AttentionJob<'a> {
+    /// Checks the operands: `q` is `n_rows × n_heads × head_dim` (`n_rows =
+    /// rows.len()`); `k_cache` and `v_cache` are `capacity × n_kv_heads ×
+    /// head_dim` f16. Head `h` reads KV head `h / (n_heads / n_kv_heads)`.
+    ///
+    /// Returns an error when the slices do not match the shape or a visible
+    /// slot is beyond the cache capacity.
+    pub fn new(
+        ks: &'a KernelSet,
+        shape: &AttentionShape,
+        q: &'a [f32],
+        k_cache: &'a [f16],
+        v_cache: &'a [f16],
+        rows: &'a [RowVisibility<'a>],
+    ) -> Result<Self, Error> {
+        let &AttentionShape {
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            ..
+        } = shape;
+        if n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
+            return Err(Error::NotMultiple {
+                what: "n_heads",
+                multiple_of: n_kv_heads,
+                got: n_heads,
+            });
+        }
+        let q_len = rows.len().saturating_mul(n_heads).saturating_mul(head_dim);
+        check_len("q.len() (n_rows * n_heads * head_dim)", q_len, q.len())?;
+        check_len(
+            "v_cache.len() (== k_cache.len())",
+            k_cache.len(),
+            v_cache.len(),
+        )?;
+        let kv_stride = n_kv_heads * head_dim;
+        if kv_stride == 0 || !k_cache.len().is_multiple_of(kv_stride) {
+            return Err(Error::NotMultiple {
+                what: "k_cache.len()",
+                multiple_of: kv_stride,
+                got: k_cache.len(),
+            });
+        }
+        let capacity = k_cache.len() / kv_stride;
+        let mut work = 0usize;
+        for vis in rows {
+            if vis.prefix_len > capacity {
+                return Err(Error::OutOfRange {
+                    what: "prefix_len",
+                    index: vis.prefix_len,
+                    limit: capacity + 1,
+                });
+            }
+            if let Some(&bad) = vis.extra.iter().find(|&&t| t as usize >= capacity) {
+                return Err(Error::OutOfRange {
+                    what: "extra slot",
+                    index: bad as usize,
+                    limit: capacity,
+                });
+            }
+            work = work.saturating_add(vis.prefix_len + vis.extra.len());
+        }
+        Ok(AttentionJob {
+            ks,
+            shape: *shape,
+            q,
+            k_cache,
+            v_cache,
+            rows,
+            work: work.saturating_mul(n_heads * head_dim),
+        })
+    }
+
+    /// Independent (row, head) tasks: `n_rows × n_heads`.
+    pub fn tasks(&self) -> usize {
+        self.rows.len() * self.shape.n_heads
+    }
+
+    /// Elements of the output (`n_rows × n_heads × head_dim`).
+    pub fn out_len(&self) -> usize {
+        self.q.len()
+    }
+
+    /// Computes tasks `tasks` (row `i / n_heads`, head `i % n_heads`).
+    ///
+    /// # Safety
+    /// `out` must wrap a live slice of [`AttentionJob::out_len`] elements and
+    /// no other thread may touch the `head_dim` outputs of these tasks
+    /// meanwhile; `tasks.end <= self.tasks()`.
+    pub unsafe fn run_tasks(&self, out: SharedOut, tasks: std::ops::Range<usize>) {
+        let AttentionShape {
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            scale,
+        } = self.shape;
+        let kv_stride = n_kv_heads * head_dim;
+        let group = n_heads / n_kv_heads;
+        for idx in tasks {
+            let row = idx / n_heads;
+            let head = idx % n_heads;
+            let kv_off = (head / group) * head_dim;
+            let qv = &self.q[idx * head_dim..(idx + 1) * head_dim];
+            let vis = &self.rows[row];
+            let slots = (0..vis.prefix_len).chain(vis.extra.iter().map(|&t| t as usize));
+            // SAFETY: the caller owns this task's outputs, which lie inside `out`.
+            let dst = unsafe { out.slice_mut(idx * head_dim, head_dim) };
+            attend_one(
+                self.ks,
+                qv,
+                scale,
+                slots,
+                |t| {
+                    let base = t * kv_stride + kv_off;
+                    (
+                        &self.k_cache[base..base + head_dim],
+                        &self.v_cache[base..base + head_dim],
+                    )
+                },
+                dst,
+            );
+        }
+    }
+}
+
+/// Computes attention for `n_rows` query rows, on rayon's threads when the
+/// work is large enough (see [`AttentionJob`] for the shapes).
 ///
 /// Returns an error when the slices do not match the shape or a visible
 /// slot is beyond the cache capacity.
@@ -59,87 +197,22 @@ pub fn attention(
     rows: &[RowVisibility],
     out: &mut [f32],
 ) -> Result<(), Error> {
-    let &AttentionShape {
-        n_heads,
-        n_kv_heads,
-        head_dim,
-        scale,
-    } = shape;
-    if n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
-        return Err(Error::NotMultiple {
-            what: "n_heads",
-            multiple_of: n_kv_heads,
-            got: n_heads,
-        });
-    }
-    let q_len = n_rows.saturating_mul(n_heads).saturating_mul(head_dim);
-    check_len("q.len() (n_rows * n_heads * head_dim)", q_len, q.len())?;
-    check_len("out.len() (n_rows * n_heads * head_dim)", q_len, out.len())?;
     check_len("rows.len() (n_rows)", n_rows, rows.len())?;
+    let job = AttentionJob::new(ks, shape, q, k_cache, v_cache, rows)?;
     check_len(
-        "v_cache.len() (== k_cache.len())",
-        k_cache.len(),
-        v_cache.len(),
+        "out.len() (n_rows * n_heads * head_dim)",
+        job.out_len(),
+        out.len(),
     )?;
-    if q_len == 0 {
-        return Ok(());
-    }
-    let kv_stride = n_kv_heads * head_dim;
-    if !k_cache.len().is_multiple_of(kv_stride) {
-        return Err(Error::NotMultiple {
-            what: "k_cache.len()",
-            multiple_of: kv_stride,
-            got: k_cache.len(),
-        });
-    }
-    let capacity = k_cache.len() / kv_stride;
-    let mut work = 0usize;
-    for vis in rows {
-        if vis.prefix_len > capacity {
-            return Err(Error::OutOfRange {
-                what: "prefix_len",
-                index: vis.prefix_len,
-                limit: capacity + 1,
-            });
-        }
-        if let Some(&bad) = vis.extra.iter().find(|&&t| t as usize >= capacity) {
-            return Err(Error::OutOfRange {
-                what: "extra slot",
-                index: bad as usize,
-                limit: capacity,
-            });
-        }
-        work = work.saturating_add(vis.prefix_len + vis.extra.len());
-    }
-    work = work.saturating_mul(n_heads * head_dim);
-
-    let group = n_heads / n_kv_heads;
-    let task = |(idx, dst): (usize, &mut [f32])| {
-        let row = idx / n_heads;
-        let head = idx % n_heads;
-        let kv_off = (head / group) * head_dim;
-        let qv = &q[idx * head_dim..(idx + 1) * head_dim];
-        let vis = &rows[row];
-        let slots = (0..vis.prefix_len).chain(vis.extra.iter().map(|&t| t as usize));
-        attend_one(
-            ks,
-            qv,
-            scale,
-            slots,
-            |t| {
-                let base = t * kv_stride + kv_off;
-                (
-                    &k_cache[base..base + head_dim],
-                    &v_cache[base..base + head_dim],
-                )
-            },
-            dst,
-        );
-    };
-    if work >= SEQUENTIAL_WORK_LIMIT {
-        out.par_chunks_mut(head_dim).enumerate().for_each(task);
+    let tasks = job.tasks();
+    let shared = SharedOut::new(out);
+    // SAFETY: `out` is borrowed for the whole call and every task index is
+    // handed to exactly one closure call.
+    let run = |t: usize| unsafe { job.run_tasks(shared, t..t + 1) };
+    if job.work >= SEQUENTIAL_WORK_LIMIT {
+        (0..tasks).into_par_iter().for_each(run);
     } else {
-        out.chunks_mut(head_dim).enumerate().for_each(task);
+        (0..tasks).for_each(run);
     }
     Ok(())
 }

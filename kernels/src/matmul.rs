@@ -238,6 +238,30 @@ impl SharedOut {
         }
     }
 
+    /// Elements of the wrapped slice.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the wrapped slice is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The elements `start..start + len` as a mutable slice (clamped to the
+    /// wrapped slice).
+    ///
+    /// # Safety
+    /// No other thread may touch these elements while the result lives, and
+    /// the slice passed to [`SharedOut::new`] must still be borrowed.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn slice_mut(&self, start: usize, len: usize) -> &mut [f32] {
+        let start = start.min(self.len);
+        let len = len.min(self.len - start);
+        // SAFETY: in bounds (clamped above); exclusive by the caller's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start), len) }
+    }
+
     /// # Safety
     /// `i < len`, no other thread writes or reads element `i` meanwhile, and
     /// the slice passed to [`SharedOut::new`] is still borrowed.

@@ -1,13 +1,14 @@
 //! Execution of one compiled subgraph.
 
+use crate::team::{FailFlag, PhaseCell, SpinBarrier, WorkCounter};
 use crate::Error;
 use coordgen_graph::{
     memory, DType, ExecParams, Executable, KvHalf, MaskKind, Op, RowSelection, SessionState,
     Subgraph, TensorDecl, TensorId, TensorKind, WeightBytes, WeightSource,
 };
 use coordgen_kernels::{
-    attention, matmul, AttentionShape, BlockQ4_0, BlockQ4_0x8, BlockQ4_1, BlockQ4_1x8, BlockQ8_0,
-    BlockQ8_0x8, KernelSet, MatmulScratch, RowVisibility, WeightMatrix,
+    matmul, AttentionJob, AttentionShape, BlockQ4_0, BlockQ4_0x8, BlockQ4_1, BlockQ4_1x8,
+    BlockQ8_0, BlockQ8_0x8, KernelSet, MatmulScratch, RowVisibility, SharedOut, WeightMatrix,
 };
 use half::f16;
 use std::sync::Arc;
@@ -35,38 +36,54 @@ pub struct CpuExecutable {
     /// Base pointer of every tensor for the current run, reused across runs.
     tensor_ptrs: Vec<*mut u8>,
     scratch: OpScratch,
+    /// The ops grouped into serial and parallel phases (see [`Step`]).
+    schedule: Vec<Step>,
 }
+
+/// One phase of a team run ([`crate::team`]).
+#[derive(Clone, Debug)]
+enum Step {
+    /// Ops that thread 0 runs alone (element-wise work, small next to the
+    /// matmuls), by index into the graph's nodes.
+    Serial(Vec<usize>),
+    /// Matmuls that read none of each other's outputs: thread 0 quantizes
+    /// their activations (once per distinct input, into the scratch slot
+    /// given next to each op), then all threads split their units.
+    Matmuls(Vec<(usize, usize)>),
+    /// One attention op: thread 0 writes the new K/V rows into the cache and
+    /// lists each row's visible slots, then all threads split the (row,
+    /// head) tasks.
+    Attention(usize),
+}
+
+/// Most matmuls one phase holds (a layer's Q, K and V make three).
+const MAX_PHASE_MATMULS: usize = 8;
 
 // SAFETY: `tensor_ptrs` only holds pointers while `run` executes (it is
 // cleared before returning), so moving the executable to another thread
 // moves no live borrow; every other field is Send.
 unsafe impl Send for CpuExecutable {}
+// SAFETY: shared references only exist during a team run, which has moved
+// `tensor_ptrs` out of the executable; the other fields are read-only then.
+unsafe impl Sync for CpuExecutable {}
 
 /// Buffers the ops reuse from run to run, so a steady-state run allocates
 /// nothing here.
 #[derive(Default)]
 struct OpScratch {
-    matmul: MatmulScratch,
+    /// One per distinct matmul input of a phase (see [`Step::Matmuls`]).
+    matmul: Vec<MatmulScratch>,
     /// Extra visible cache slots of every row (tree attention), back to back.
     visible_slots: Vec<u32>,
     /// Per row: (prefix length, start, end) into `visible_slots`.
     visible_ranges: Vec<(usize, usize, usize)>,
-    /// The attention kernel's per-row visibility list (empty between ops).
-    visible_rows: Vec<RowVisibility<'static>>,
 }
 
-/// Empties `rows` and returns its allocation typed for a new borrow. The
-/// standard library collects a mapped `vec::IntoIter` in place, so the
-/// capacity carries over and nothing is allocated.
-fn recycle<'a>(mut rows: Vec<RowVisibility<'_>>) -> Vec<RowVisibility<'a>> {
-    rows.clear();
-    // The vector is empty: the closure never runs, it only changes the type.
-    rows.into_iter()
-        .map(|row| RowVisibility {
-            prefix_len: row.prefix_len,
-            extra: &[],
-        })
-        .collect()
+fn bad_tensor(t: TensorId, message: &str) -> Error {
+    Error::BadWeight {
+        name: format!("tensor {}", t.0),
+        message: message.into(),
+    }
 }
 
 fn bad(graph: &Subgraph, message: impl Into<String>) -> Error {
@@ -159,9 +176,59 @@ impl CpuExecutable {
             pool,
             tensor_ptrs: Vec::new(),
             scratch: OpScratch::default(),
+            schedule: Vec::new(),
         };
         exe.check_ops()?;
+        let (schedule, slots) = exe.build_schedule();
+        let mut exe = exe;
+        exe.schedule = schedule;
+        exe.scratch.matmul = (0..slots).map(|_| MatmulScratch::default()).collect();
         Ok(exe)
+    }
+
+    /// Groups the ops into phases; returns them and the number of matmul
+    /// scratch slots a phase needs at most.
+    fn build_schedule(&self) -> (Vec<Step>, usize) {
+        let mut steps: Vec<Step> = Vec::new();
+        let mut max_slots = 0;
+        // The current Matmuls step's slots: (input, dtype, repacked).
+        let mut slot_keys: Vec<(TensorId, DType, bool)> = Vec::new();
+        for (i, op) in self.graph.nodes.iter().enumerate() {
+            match *op {
+                Op::MatMul { x, w, .. } => {
+                    let key = (x, self.graph.tensors[w.0].dtype, self.repacked[w.0]);
+                    let joins = match steps.last() {
+                        // Must not read an output of the phase's other matmuls.
+                        Some(Step::Matmuls(ms)) => {
+                            ms.len() < MAX_PHASE_MATMULS
+                                && ms.iter().all(|&(j, _)| self.graph.nodes[j].output() != x)
+                        }
+                        _ => false,
+                    };
+                    if !joins {
+                        slot_keys.clear();
+                        steps.push(Step::Matmuls(Vec::new()));
+                    }
+                    let slot = match slot_keys.iter().position(|k| *k == key) {
+                        Some(slot) => slot,
+                        None => {
+                            slot_keys.push(key);
+                            slot_keys.len() - 1
+                        }
+                    };
+                    max_slots = max_slots.max(slot_keys.len());
+                    if let Some(Step::Matmuls(ms)) = steps.last_mut() {
+                        ms.push((i, slot));
+                    }
+                }
+                Op::Attention { .. } => steps.push(Step::Attention(i)),
+                _ => match steps.last_mut() {
+                    Some(Step::Serial(ops)) => ops.push(i),
+                    _ => steps.push(Step::Serial(vec![i])),
+                },
+            }
+        }
+        (steps, max_slots)
     }
 
     fn decl(&self, t: TensorId) -> Result<&TensorDecl, Error> {
@@ -333,6 +400,13 @@ struct Memory<'a> {
     places: &'a [Place],
 }
 
+// SAFETY: a `Memory` is shared by the threads of one team run, which follow
+// the phase discipline of `crate::team`: in a serial phase only thread 0
+// touches tensors; in a parallel phase threads read the inputs and write
+// disjoint parts of the outputs (matmul units, attention tasks) through raw
+// pointers. No `&mut` view of a tensor is alive in two threads at once.
+unsafe impl Sync for Memory<'_> {}
+
 impl<'a> Memory<'a> {
     fn new(
         exe: &'a CpuExecutable,
@@ -415,6 +489,22 @@ impl<'a> Memory<'a> {
             // these bytes is alive while the op writes its output.
             _ => unsafe { std::slice::from_raw_parts_mut(self.ptrs[t.0], self.sizes[t.0]) },
         }
+    }
+
+    /// The first `len` f32 of tensor `t` as a [`SharedOut`], for ops whose
+    /// threads write disjoint parts of it.
+    fn shared_out(&self, t: TensorId, len: usize) -> Result<SharedOut, Error> {
+        if matches!(self.places[t.0], Place::Weight(_))
+            || len.saturating_mul(4) > self.sizes[t.0]
+            || !(self.ptrs[t.0] as usize).is_multiple_of(std::mem::align_of::<f32>())
+        {
+            return Err(bad_tensor(t, "cannot be written as f32"));
+        }
+        // SAFETY: in bounds and aligned (checked above; see the type's docs);
+        // the slice only lives for this call, so no `&mut` outlives it, and
+        // the `SharedOut` is used under the team's disjointness contract.
+        let slice = unsafe { std::slice::from_raw_parts_mut(self.ptrs[t.0].cast::<f32>(), len) };
+        Ok(SharedOut::new(slice))
     }
 
     fn typed<T: bytemuck::Pod>(&self, t: TensorId) -> Result<&[T], Error> {
@@ -518,27 +608,413 @@ impl Executable for CpuExecutable {
                 message: format!("{} valid rows in a bucket of {width}", params.n_valid),
             });
         }
-        let pool = self.pool.clone();
-        pool.install(|| self.run_nodes(state, params))
-            .map_err(Into::into)
+        self.run_team(state, params).map_err(Into::into)
+    }
+}
+
+/// Every thread's share of a parallel phase.
+type ParallelPart<'f> = dyn Fn(&OpScratch) -> Result<(), Error> + 'f;
+
+/// What the threads of one team run share.
+struct TeamRun<'a> {
+    exe: &'a CpuExecutable,
+    mem: Memory<'a>,
+    params: &'a ExecParams,
+    scratch: PhaseCell<OpScratch>,
+    barrier: SpinBarrier,
+    work: WorkCounter,
+    failed: FailFlag,
+    error: std::sync::Mutex<Option<Error>>,
+}
+
+impl TeamRun<'_> {
+    fn fail(&self, e: Error) {
+        let mut slot = self.error.lock().unwrap_or_else(|p| p.into_inner());
+        slot.get_or_insert(e);
+        self.failed.set();
+    }
+
+    /// Runs `f`, turning an error or a panic into a failure of the run (a
+    /// thread that unwound past a barrier would leave the others waiting).
+    fn guarded(&self, f: impl FnOnce() -> Result<(), Error>) {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => self.fail(e),
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                self.fail(bad(&self.exe.graph, format!("internal error: {message}")));
+            }
+        }
+    }
+
+    /// Thread 0's serial part of a phase, then (for parallel phases) the
+    /// barrier, every thread's share, and the closing barrier. Returns
+    /// `false` when the run failed and every thread must stop.
+    fn phase(
+        &self,
+        index: usize,
+        serial: impl FnOnce(&mut OpScratch) -> Result<(), Error>,
+        parallel: Option<&ParallelPart>,
+    ) -> bool {
+        if index == 0 {
+            self.guarded(|| {
+                // SAFETY: serial part: only thread 0 runs here; the others
+                // are waiting at the next barrier (or have not started).
+                serial(unsafe { self.scratch.get_mut() })
+            });
+        }
+        let Some(parallel) = parallel else {
+            return true;
+        };
+        self.barrier.wait();
+        if self.failed.is_set() {
+            return false;
+        }
+        self.guarded(|| {
+            // SAFETY: parallel part: nobody writes the scratch until the
+            // barrier below.
+            parallel(unsafe { self.scratch.get() })
+        });
+        self.barrier.wait();
+        !self.failed.is_set()
+    }
+
+    /// The whole schedule as seen by thread `index` of `threads`.
+    fn thread_main(&self, index: usize, threads: usize) {
+        let exe = self.exe;
+        let (mem, params, work) = (&self.mem, self.params, &self.work);
+        for step in &exe.schedule {
+            let go_on = match step {
+                Step::Serial(ops) => self.phase(
+                    index,
+                    |scratch| {
+                        for &i in ops {
+                            exe.run_op(mem, &exe.graph.nodes[i], params, scratch)?;
+                        }
+                        Ok(())
+                    },
+                    None,
+                ),
+                Step::Matmuls(ops) => self.phase(
+                    index,
+                    |scratch| {
+                        work.reset();
+                        exe.prepare_matmuls(mem, ops, params, scratch)
+                    },
+                    Some(&|scratch| exe.run_matmul_units(mem, ops, params, scratch, work, threads)),
+                ),
+                Step::Attention(i) => {
+                    let op = &exe.graph.nodes[*i];
+                    self.phase(
+                        index,
+                        |scratch| {
+                            work.reset();
+                            exe.prepare_attention(mem, op, params, scratch)
+                        },
+                        Some(&|scratch| {
+                            exe.run_attention_tasks(mem, op, params, scratch, work, threads)
+                        }),
+                    )
+                }
+            };
+            if !go_on {
+                return;
+            }
+        }
     }
 }
 
 impl CpuExecutable {
-    fn run_nodes(&mut self, state: &mut SessionState, params: &ExecParams) -> Result<(), Error> {
-        let mut scratch = std::mem::take(&mut self.scratch);
+    /// Runs the schedule on every thread of the pool (one rayon broadcast).
+    fn run_team(&mut self, state: &mut SessionState, params: &ExecParams) -> Result<(), Error> {
+        let scratch = std::mem::take(&mut self.scratch);
         let mut ptrs = std::mem::take(&mut self.tensor_ptrs);
-        let result = (|| {
-            let mem = Memory::new(self, &mut ptrs, state)?;
-            for op in &self.graph.nodes {
-                self.run_op(&mem, op, params, &mut scratch)?;
+        let pool = self.pool.clone();
+        let threads = pool.current_num_threads();
+        let (result, scratch) = match Memory::new(self, &mut ptrs, state) {
+            Err(e) => (Err(e), scratch),
+            Ok(mem) => {
+                let team = TeamRun {
+                    exe: self,
+                    mem,
+                    params,
+                    scratch: PhaseCell::new(scratch),
+                    barrier: SpinBarrier::new(threads),
+                    work: WorkCounter::new(),
+                    failed: FailFlag::default(),
+                    error: std::sync::Mutex::new(None),
+                };
+                pool.broadcast(|ctx| team.thread_main(ctx.index(), ctx.num_threads()));
+                let error = team.error.into_inner().unwrap_or_else(|p| p.into_inner());
+                (error.map_or(Ok(()), Err), team.scratch.into_inner())
             }
-            Ok(())
-        })();
+        };
         self.scratch = scratch;
         ptrs.clear();
         self.tensor_ptrs = ptrs;
         result
+    }
+
+    /// Thread 0, before a [`Step::Matmuls`] phase: quantizes each distinct
+    /// input once, into its scratch slot.
+    fn prepare_matmuls(
+        &self,
+        mem: &Memory,
+        ops: &[(usize, usize)],
+        params: &ExecParams,
+        scratch: &mut OpScratch,
+    ) -> Result<(), Error> {
+        let mut prepared = [false; MAX_PHASE_MATMULS];
+        for &(i, slot) in ops {
+            if prepared.get(slot).copied().unwrap_or(true) {
+                continue;
+            }
+            let (wm, _, k, n, x) = self.matmul_operands(mem, i, params)?;
+            let s = scratch
+                .matmul
+                .get_mut(slot)
+                .ok_or_else(|| bad(&self.graph, "matmul scratch slot missing"))?;
+            s.prepare(self.kernels, &wm, k, x, n)?;
+            prepared[slot] = true;
+        }
+        Ok(())
+    }
+
+    /// The weight matrix, rows, cols, valid rows and input of matmul op `i`.
+    #[allow(clippy::type_complexity)]
+    fn matmul_operands<'m>(
+        &self,
+        mem: &'m Memory,
+        i: usize,
+        params: &ExecParams,
+    ) -> Result<(WeightMatrix<'m>, usize, usize, usize, &'m [f32]), Error> {
+        let Op::MatMul { x, w, out } = self.graph.nodes[i] else {
+            return Err(bad(&self.graph, "matmul phase holds another op"));
+        };
+        let wd = &self.graph.tensors[w.0];
+        let (m, k) = (wd.shape[0], wd.shape[1]);
+        let n = self
+            .active_rows(x, params)
+            .min(self.active_rows(out, params));
+        let wm = mem.weight_matrix(w, wd.dtype, self.repacked[w.0])?;
+        let xs = mem
+            .typed::<f32>(x)?
+            .get(..n * k)
+            .ok_or_else(|| bad(&self.graph, "matmul input shorter than its rows"))?;
+        Ok((wm, m, k, n, xs))
+    }
+
+    /// Every thread, in a [`Step::Matmuls`] phase: takes chunks of the
+    /// phase's units (all its matmuls' units back to back) until none is left.
+    fn run_matmul_units(
+        &self,
+        mem: &Memory,
+        ops: &[(usize, usize)],
+        params: &ExecParams,
+        scratch: &OpScratch,
+        work: &WorkCounter,
+        threads: usize,
+    ) -> Result<(), Error> {
+        if ops.len() > MAX_PHASE_MATMULS {
+            return Err(bad(&self.graph, "too many matmuls in one phase"));
+        }
+        // (first unit, unit count) of each op.
+        let mut spans = [(0usize, 0usize); MAX_PHASE_MATMULS];
+        let mut total = 0;
+        for (span, &(i, _)) in spans.iter_mut().zip(ops) {
+            let (wm, m, ..) = self.matmul_operands(mem, i, params)?;
+            let units = coordgen_kernels::matmul_unit_count(&wm, m);
+            *span = (total, units);
+            total += units;
+        }
+        let chunk = (total / (threads * 8)).clamp(1, 8);
+        while let Some(range) = work.take(chunk, total) {
+            for (&(first, count), &(i, slot)) in spans.iter().zip(ops) {
+                let (start, end) = (range.start.max(first), range.end.min(first + count));
+                if start >= end {
+                    continue;
+                }
+                let (wm, m, k, n, x) = self.matmul_operands(mem, i, params)?;
+                let Op::MatMul { out, .. } = self.graph.nodes[i] else {
+                    continue;
+                };
+                let out = mem.shared_out(out, n * m)?;
+                let s = scratch
+                    .matmul
+                    .get(slot)
+                    .ok_or_else(|| bad(&self.graph, "matmul scratch slot missing"))?;
+                // SAFETY: shapes were checked at compile time (check_ops),
+                // the activations were prepared for this op's slot, and the
+                // work counter hands each unit to exactly one thread, so the
+                // output elements written here are this thread's alone.
+                unsafe {
+                    coordgen_kernels::matmul_units(
+                        self.kernels,
+                        &wm,
+                        m,
+                        k,
+                        x,
+                        n,
+                        s,
+                        out,
+                        start - first..end - first,
+                    )
+                };
+            }
+        }
+        Ok(())
+    }
+
+    /// Thread 0, before an attention phase: appends this run's K/V rows to
+    /// the cache (as f16) and lists the slots each query row sees.
+    fn prepare_attention(
+        &self,
+        mem: &Memory,
+        op: &Op,
+        params: &ExecParams,
+        scratch: &mut OpScratch,
+    ) -> Result<(), Error> {
+        let g = &self.graph;
+        let Op::Attention {
+            q,
+            k,
+            v,
+            k_cache,
+            v_cache,
+            mask,
+            tree_mask,
+            n_kv_heads,
+            head_dim,
+            ..
+        } = *op
+        else {
+            return Err(bad(g, "attention phase holds another op"));
+        };
+        let width = g.tensors[q.0].shape[0];
+        let capacity = g.tensors[k_cache.0].shape[0];
+        let n = params.n_valid.min(width);
+        let past = params.past_len;
+        if past.checked_add(n).is_none_or(|end| end > capacity) {
+            return Err(bad(
+                g,
+                format!("{past} cached + {n} new tokens exceed the KV cache of {capacity}"),
+            ));
+        }
+        let kv_dim = n_kv_heads * head_dim;
+        let (k_new, v_new) = (mem.typed::<f32>(k)?, mem.typed::<f32>(v)?);
+        let kc = mem.typed_mut::<f16>(k_cache)?;
+        for (dst, src) in kc[past * kv_dim..(past + n) * kv_dim]
+            .iter_mut()
+            .zip(&k_new[..n * kv_dim])
+        {
+            *dst = f16::from_f32(*src);
+        }
+        let vc = mem.typed_mut::<f16>(v_cache)?;
+        for (dst, src) in vc[past * kv_dim..(past + n) * kv_dim]
+            .iter_mut()
+            .zip(&v_new[..n * kv_dim])
+        {
+            *dst = f16::from_f32(*src);
+        }
+        let OpScratch {
+            visible_slots: slots,
+            visible_ranges: ranges,
+            ..
+        } = scratch;
+        slots.clear();
+        ranges.clear();
+        let tree = match (mask, tree_mask) {
+            (MaskKind::Tree, Some(m)) => Some(mem.typed::<u8>(m)?),
+            _ => None,
+        };
+        for r in 0..n {
+            let start = slots.len();
+            let prefix = match tree {
+                None => past + r + 1,
+                Some(m) => {
+                    for j in 0..n {
+                        if m[r * width + j] != 0 {
+                            slots.push((past + j) as u32);
+                        }
+                    }
+                    past
+                }
+            };
+            ranges.push((prefix, start, slots.len()));
+        }
+        Ok(())
+    }
+
+    /// Every thread, in an attention phase: takes chunks of (row, head)
+    /// tasks until none is left.
+    fn run_attention_tasks(
+        &self,
+        mem: &Memory,
+        op: &Op,
+        _params: &ExecParams,
+        scratch: &OpScratch,
+        work: &WorkCounter,
+        threads: usize,
+    ) -> Result<(), Error> {
+        let Op::Attention {
+            q,
+            k_cache,
+            v_cache,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            out,
+            ..
+        } = *op
+        else {
+            return Err(bad(&self.graph, "attention phase holds another op"));
+        };
+        let n = scratch.visible_ranges.len();
+        // A stack list for the common case; tree rows or long buckets use a
+        // vector (verification and prefill, where it is small next to the work).
+        let mut stack = [RowVisibility::default(); 16];
+        let mut heap = Vec::new();
+        let rows: &[RowVisibility] =
+            if n <= stack.len() {
+                for (row, &(prefix_len, a, b)) in stack.iter_mut().zip(&scratch.visible_ranges) {
+                    *row = RowVisibility {
+                        prefix_len,
+                        extra: &scratch.visible_slots[a..b],
+                    };
+                }
+                &stack[..n]
+            } else {
+                heap.extend(scratch.visible_ranges.iter().map(|&(prefix_len, a, b)| {
+                    RowVisibility {
+                        prefix_len,
+                        extra: &scratch.visible_slots[a..b],
+                    }
+                }));
+                &heap
+            };
+        let shape = AttentionShape {
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            scale: 1.0 / (head_dim as f32).sqrt(),
+        };
+        let q_dim = n_heads * head_dim;
+        let qv = &mem.typed::<f32>(q)?[..n * q_dim];
+        let (kc, vc) = (mem.typed::<f16>(k_cache)?, mem.typed::<f16>(v_cache)?);
+        let job = AttentionJob::new(self.kernels, &shape, qv, kc, vc, rows)?;
+        let out = mem.shared_out(out, job.out_len())?;
+        let total = job.tasks();
+        let chunk = (total / (threads * 4)).clamp(1, 4);
+        while let Some(range) = work.take(chunk, total) {
+            // SAFETY: `out` wraps this op's output of `out_len` elements, and
+            // the work counter hands each task to exactly one thread.
+            unsafe { job.run_tasks(out, range) };
+        }
+        Ok(())
     }
 
     /// Rows of `t` that hold real data in this run.
@@ -613,7 +1089,11 @@ impl CpuExecutable {
                 let wm = mem.weight_matrix(w, wd.dtype, self.repacked[w.0])?;
                 let x = &mem.typed::<f32>(x)?[..n * k];
                 let out = &mut mem.typed_mut::<f32>(out)?[..n * m];
-                matmul(self.kernels, &wm, m, k, x, n, out, &mut scratch.matmul)?;
+                let s = scratch
+                    .matmul
+                    .first_mut()
+                    .ok_or_else(|| bad(g, "matmul scratch slot missing"))?;
+                matmul(self.kernels, &wm, m, k, x, n, out, s)?;
             }
             Op::Rope {
                 x,
@@ -638,92 +1118,11 @@ impl CpuExecutable {
                     )?;
                 }
             }
-            Op::Attention {
-                q,
-                k,
-                v,
-                k_cache,
-                v_cache,
-                mask,
-                tree_mask,
-                n_heads,
-                n_kv_heads,
-                head_dim,
-                out,
-            } => {
-                let width = g.tensors[q.0].shape[0];
-                let capacity = g.tensors[k_cache.0].shape[0];
-                let n = params.n_valid.min(width);
-                let past = params.past_len;
-                if past.checked_add(n).is_none_or(|end| end > capacity) {
-                    return Err(bad(
-                        g,
-                        format!("{past} cached + {n} new tokens exceed the KV cache of {capacity}"),
-                    ));
-                }
-                let kv_dim = n_kv_heads * head_dim;
-                {
-                    let (k_new, v_new) = (mem.typed::<f32>(k)?, mem.typed::<f32>(v)?);
-                    let kc = mem.typed_mut::<f16>(k_cache)?;
-                    for (dst, src) in kc[past * kv_dim..(past + n) * kv_dim]
-                        .iter_mut()
-                        .zip(&k_new[..n * kv_dim])
-                    {
-                        *dst = f16::from_f32(*src);
-                    }
-                    let vc = mem.typed_mut::<f16>(v_cache)?;
-                    for (dst, src) in vc[past * kv_dim..(past + n) * kv_dim]
-                        .iter_mut()
-                        .zip(&v_new[..n * kv_dim])
-                    {
-                        *dst = f16::from_f32(*src);
-                    }
-                }
-                let OpScratch {
-                    visible_slots: slots,
-                    visible_ranges: ranges,
-                    visible_rows,
-                    ..
-                } = scratch;
-                slots.clear();
-                ranges.clear();
-                let tree = match (mask, tree_mask) {
-                    (MaskKind::Tree, Some(m)) => Some(mem.typed::<u8>(m)?),
-                    _ => None,
-                };
-                for r in 0..n {
-                    let start = slots.len();
-                    let prefix = match tree {
-                        None => past + r + 1,
-                        Some(m) => {
-                            for j in 0..n {
-                                if m[r * width + j] != 0 {
-                                    slots.push((past + j) as u32);
-                                }
-                            }
-                            past
-                        }
-                    };
-                    ranges.push((prefix, start, slots.len()));
-                }
-                let mut rows = recycle(std::mem::take(visible_rows));
-                rows.extend(ranges.iter().map(|&(prefix_len, a, b)| RowVisibility {
-                    prefix_len,
-                    extra: &slots[a..b],
-                }));
-                let shape = AttentionShape {
-                    n_heads,
-                    n_kv_heads,
-                    head_dim,
-                    scale: 1.0 / (head_dim as f32).sqrt(),
-                };
-                let q_dim = n_heads * head_dim;
-                let qv = &mem.typed::<f32>(q)?[..n * q_dim];
-                let out = &mut mem.typed_mut::<f32>(out)?[..n * q_dim];
-                let (kc, vc) = (mem.typed::<f16>(k_cache)?, mem.typed::<f16>(v_cache)?);
-                let result = attention(self.kernels, &shape, qv, n, kc, vc, &rows, out);
-                *visible_rows = recycle(rows);
-                result?;
+            Op::Attention { .. } => {
+                // Normally a phase of its own; here on this thread alone.
+                self.prepare_attention(mem, op, params, scratch)?;
+                let work = WorkCounter::new();
+                self.run_attention_tasks(mem, op, params, scratch, &work, 1)?;
             }
             Op::SiluMul { gate, up, out } => {
                 let len = self.active_rows(out, params) * cols(out);

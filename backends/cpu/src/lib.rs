@@ -12,6 +12,7 @@
 
 mod exec;
 mod repack;
+mod team;
 
 use coordgen_graph::{Backend, DType, Executable, Op, Subgraph, WeightSource};
 use coordgen_kernels::KernelSet;
