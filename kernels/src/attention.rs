@@ -159,22 +159,17 @@ impl<'a> AttentionJob<'a> {
             let head = idx % n_heads;
             let kv_off = (head / group) * head_dim;
             let qv = &self.q[idx * head_dim..(idx + 1) * head_dim];
-            let vis = &self.rows[row];
-            let slots = (0..vis.prefix_len).chain(vis.extra.iter().map(|&t| t as usize));
             // SAFETY: the caller owns this task's outputs, which lie inside `out`.
             let dst = unsafe { out.slice_mut(idx * head_dim, head_dim) };
             attend_one(
                 self.ks,
                 qv,
                 scale,
-                slots,
-                |t| {
-                    let base = t * kv_stride + kv_off;
-                    (
-                        &self.k_cache[base..base + head_dim],
-                        &self.v_cache[base..base + head_dim],
-                    )
-                },
+                &self.rows[row],
+                self.k_cache,
+                self.v_cache,
+                kv_stride,
+                kv_off,
                 dst,
             );
         }
@@ -237,31 +232,43 @@ const LANES: usize = 16;
 /// The visible slots must be ascending (they are: a prefix, then `extra`).
 /// The per-thread buffers grow to the row's visible length; no score matrix
 /// over all rows is materialized.
-fn attend_one<'c>(
+#[allow(clippy::too_many_arguments)]
+fn attend_one(
     ks: &KernelSet,
     q: &[f32],
     scale: f32,
-    slots: impl Iterator<Item = usize> + Clone,
-    kv: impl Fn(usize) -> (&'c [f16], &'c [f16]),
+    vis: &RowVisibility,
+    k_cache: &[f16],
+    v_cache: &[f16],
+    kv_stride: usize,
+    kv_off: usize,
     acc: &mut [f32],
 ) {
     acc.fill(0.0);
     let head_dim = acc.len();
+    let prefix = vis.prefix_len;
+    let slots = (0..prefix).chain(vis.extra.iter().map(|&t| t as usize));
+    fn row(cache: &[f16], t: usize, kv_stride: usize, kv_off: usize, head_dim: usize) -> &[f16] {
+        let base = t * kv_stride + kv_off;
+        &cache[base..base + head_dim]
+    }
     SCRATCH.with(|cell| {
         let mut scratch = cell.borrow_mut();
         let Scratch { q16, scores, lanes } = &mut *scratch;
         q16.clear();
         q16.extend(q.iter().map(|&v| f16::from_f32(v).to_f32()));
         scores.clear();
-        let mut max = f32::NEG_INFINITY;
-        for t in slots.clone() {
-            let s = (ks.dot_f16_f32)(kv(t).0, q16) * scale;
-            max = max.max(s);
-            scores.push(s);
+        scores.resize(prefix, 0.0);
+        if prefix > 0 {
+            (ks.attn_scores_f16)(q16, &k_cache[kv_off..], kv_stride, scale, scores);
+        }
+        for &t in vis.extra {
+            scores.push((ks.dot_f16_f32)(row(k_cache, t as usize, kv_stride, kv_off, head_dim), q16) * scale);
         }
         if scores.is_empty() {
             return;
         }
+        let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
         for s in scores.iter_mut() {
             *s -= max;
         }
@@ -283,11 +290,14 @@ fn attend_one<'c>(
         (ks.scale_round_f16)((1.0 / sum) as f32, scores);
         lanes.clear();
         lanes.resize(LANES * head_dim, 0.0);
-        for (&p, t) in scores.iter().zip(slots) {
-            let lane = t % LANES;
+        if prefix > 0 {
+            (ks.attn_values_f16)(&scores[..prefix], &v_cache[kv_off..], kv_stride, 0, lanes);
+        }
+        for (&p, &t) in scores[prefix..].iter().zip(vis.extra) {
+            let lane = t as usize % LANES;
             (ks.axpy_f16_f32)(
                 p,
-                kv(t).1,
+                row(v_cache, t as usize, kv_stride, kv_off, head_dim),
                 &mut lanes[lane * head_dim..(lane + 1) * head_dim],
             );
         }

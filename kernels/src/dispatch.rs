@@ -127,6 +127,12 @@ pub struct KernelSet {
     /// `out[i] = silu(gate[i]) * up[i]` as ggml's `ggml_vec_swiglu_f32`
     /// (bitwise equal across tiers).
     pub silu_mul_f32: fn(&[f32], &[f32], &mut [f32]),
+    /// Attention scores of consecutive KV slots (see
+    /// [`scalar::scalar_attn_scores_f16`]; bitwise equal to it).
+    pub attn_scores_f16: fn(&[f32], &[f16], usize, f32, &mut [f32]),
+    /// Attention value accumulation into 16 lanes (see
+    /// [`scalar::scalar_attn_values_f16`]; bitwise equal to it).
+    pub attn_values_f16: fn(&[f32], &[f16], usize, usize, &mut [f32]),
     /// Whether weights should be repacked into 8-row groups for this tier
     /// (its `gemm_*_x8` kernels are faster than its row kernels).
     pub prefers_repacked: bool,
@@ -157,6 +163,8 @@ pub(crate) const SCALAR_KERNELS: KernelSet = KernelSet {
     scale_round_f16: scalar::scalar_scale_round_f16,
     exp_f32: scalar::scalar_exp_f32,
     silu_mul_f32: scalar::scalar_silu_mul_f32,
+    attn_scores_f16: scalar::scalar_attn_scores_f16,
+    attn_values_f16: scalar::scalar_attn_values_f16,
     prefers_repacked: false,
     gemm_q4_0_x8: repack::scalar_gemm_q4_0_x8,
     gemm_q4_1_x8: repack::scalar_gemm_q4_1_x8,

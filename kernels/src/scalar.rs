@@ -253,3 +253,38 @@ pub fn scalar_silu_mul_f32(gate: &[f32], up: &[f32], out: &mut [f32]) {
         *o = (g / (1.0 + ggml_expf(0.0 - g))) * u;
     }
 }
+
+/// Attention scores of `scores.len()` consecutive KV slots: slot `i`'s key
+/// is `k[i * stride..i * stride + q16.len()]`, and
+/// `scores[i] = scalar_dot_f16_f32(key, q16) * scale`.
+///
+/// # Panics
+/// If `k` is too short for the last slot.
+pub fn scalar_attn_scores_f16(q16: &[f32], k: &[f16], stride: usize, scale: f32, scores: &mut [f32]) {
+    let hd = q16.len();
+    for (i, s) in scores.iter_mut().enumerate() {
+        *s = scalar_dot_f16_f32(&k[i * stride..i * stride + hd], q16) * scale;
+    }
+}
+
+/// Attention value accumulation over `p.len()` consecutive KV slots
+/// starting at slot `first`: slot `t = first + i` (value row
+/// `v[i * stride..i * stride + head_dim]`) is added with weight `p[i]` into
+/// lane `t % 16` of `lanes` (`16 × head_dim`), in slot order, as
+/// [`scalar_axpy_f16_f32`] does; the lanes are llama.cpp's f16 `tinyBLAS`
+/// accumulators.
+///
+/// # Panics
+/// If `lanes.len()` is not a multiple of 16 or `v` is too short.
+pub fn scalar_attn_values_f16(p: &[f32], v: &[f16], stride: usize, first: usize, lanes: &mut [f32]) {
+    assert!(lanes.len().is_multiple_of(16), "attn_values: lanes must be 16 × head_dim");
+    let hd = lanes.len() / 16;
+    for (i, &w) in p.iter().enumerate() {
+        let lane = (first + i) % 16;
+        scalar_axpy_f16_f32(
+            w,
+            &v[i * stride..i * stride + hd],
+            &mut lanes[lane * hd..(lane + 1) * hd],
+        );
+    }
+}

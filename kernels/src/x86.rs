@@ -59,6 +59,8 @@ pub(crate) fn avx2_kernel_set() -> KernelSet {
         scale_round_f16: avx2_scale_round_f16,
         exp_f32: crate::scalar::scalar_exp_f32,
         silu_mul_f32: crate::scalar::scalar_silu_mul_f32,
+        attn_scores_f16: crate::scalar::scalar_attn_scores_f16,
+        attn_values_f16: crate::scalar::scalar_attn_values_f16,
         prefers_repacked: true,
         gemm_q4_0_x8: crate::x86_repack::avx2_gemm_q4_0_x8,
         gemm_q4_1_x8: crate::x86_repack::avx2_gemm_q4_1_x8,
@@ -84,6 +86,8 @@ pub(crate) fn avx512vnni_kernel_set() -> KernelSet {
         scale_round_f16: avx512_scale_round_f16,
         exp_f32: avx512_exp_f32,
         silu_mul_f32: avx512_silu_mul_f32,
+        attn_scores_f16: avx512_attn_scores_f16,
+        attn_values_f16: avx512_attn_values_f16,
         prefers_repacked: true,
         gemm_q4_0_x8: crate::x86_repack::avx512vnni_gemm_q4_0_x8,
         gemm_q4_1_x8: crate::x86_repack::avx512vnni_gemm_q4_1_x8,
@@ -892,4 +896,160 @@ unsafe fn avx512_scale_round_f16_impl(a: f32, x: &mut [f32]) {
         }
     }
     crate::scalar::scalar_scale_round_f16(a, chunks.into_remainder());
+}
+
+// ---------------------------------------------------------------------------
+// Attention over the f16 KV cache, sixteen slots at a time.
+// ---------------------------------------------------------------------------
+
+fn avx512_attn_scores_f16(q16: &[f32], k: &[f16], stride: usize, scale: f32, scores: &mut [f32]) {
+    let hd = q16.len();
+    if let Some(last) = scores.len().checked_sub(1) {
+        assert!(
+            k.len() >= last * stride + hd,
+            "attn_scores: key cache too short"
+        );
+    }
+    if !hd.is_multiple_of(16) || hd == 0 {
+        for (i, s) in scores.iter_mut().enumerate() {
+            *s = avx512_dot_f16_f32(&k[i * stride..i * stride + hd], q16) * scale;
+        }
+        return;
+    }
+    // SAFETY: only installed in the AVX-512 KernelSet (after
+    // `avx512vnni_available()`); bounds are checked above.
+    unsafe { avx512_attn_scores_f16_impl(q16, k, stride, scale, scores) }
+}
+
+/// # Safety
+/// The CPU must support AVX-512 F, AVX2, FMA and F16C; `q16.len()` is a
+/// positive multiple of 16 and `k` holds every slot's key.
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+unsafe fn avx512_attn_scores_f16_impl(
+    q16: &[f32],
+    k: &[f16],
+    stride: usize,
+    scale: f32,
+    scores: &mut [f32],
+) {
+    let hd = q16.len();
+    let n = scores.len();
+    let mut i = 0;
+    while i + 16 <= n {
+        // Lane l of acc[s]: the FMA chain over elements l, l + 16, … of slot
+        // i + s, exactly as `avx512_dot_f16_f32_impl`.
+        let mut acc = [_mm512_setzero_ps(); 16];
+        for c in (0..hd).step_by(16) {
+            // SAFETY: `c + 16 <= hd = q16.len()`.
+            let qv = unsafe { _mm512_loadu_ps(q16.as_ptr().add(c)) };
+            for (s, a) in acc.iter_mut().enumerate() {
+                // SAFETY: `(i + s) * stride + c + 16 <= k.len()` (checked by the caller).
+                let kv = unsafe {
+                    _mm512_cvtph_ps(_mm256_loadu_si256(
+                        k.as_ptr().add((i + s) * stride + c).cast(),
+                    ))
+                };
+                *a = _mm512_fmadd_ps(kv, qv, *a);
+            }
+        }
+        // `hsum16` of all sixteen at once: t[j] = a[j + 8] + a[j] …
+        let t: [__m512; 8] = core::array::from_fn(|p| {
+            let (a, b) = (acc[2 * p], acc[2 * p + 1]);
+            _mm512_add_ps(
+                _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b),
+                _mm512_shuffle_f32x4::<0b01_00_01_00>(a, b),
+            )
+        });
+        // … u[j] = t[j + 4] + t[j] …
+        let u: [__m512; 4] = core::array::from_fn(|p| {
+            let (a, b) = (t[2 * p], t[2 * p + 1]);
+            _mm512_add_ps(
+                _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b),
+                _mm512_shuffle_f32x4::<0b10_00_10_00>(a, b),
+            )
+        });
+        // … then (u0 + u2) + (u1 + u3), in lane 0 of each 128-bit chunk.
+        for (p, &up) in u.iter().enumerate() {
+            let v = _mm512_add_ps(up, _mm512_permute_ps::<0b01_00_11_10>(up));
+            let w = _mm512_add_ps(v, _mm512_permute_ps::<0b00_00_00_01>(v));
+            let mut lanes = [0.0f32; 16];
+            // SAFETY: `lanes` is 64 writable bytes.
+            unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), w) };
+            for q in 0..4 {
+                scores[i + 4 * p + q] = lanes[4 * q] * scale;
+            }
+        }
+        i += 16;
+    }
+    for (j, s) in scores.iter_mut().enumerate().skip(i) {
+        // SAFETY: the caller's contract (bounds and CPU features).
+        *s = unsafe { avx512_dot_f16_f32_impl(&k[j * stride..j * stride + hd], q16) } * scale;
+    }
+}
+
+fn avx512_attn_values_f16(p: &[f32], v: &[f16], stride: usize, first: usize, lanes: &mut [f32]) {
+    assert!(
+        lanes.len().is_multiple_of(16),
+        "attn_values: lanes must be 16 × head_dim"
+    );
+    let hd = lanes.len() / 16;
+    if let Some(last) = p.len().checked_sub(1) {
+        assert!(v.len() >= last * stride + hd, "attn_values: value cache too short");
+    }
+    // Slots before the first multiple of 16, and all of them when the head
+    // does not fill whole registers, go one by one.
+    let head = if hd.is_multiple_of(16) && hd > 0 {
+        ((16 - first % 16) % 16).min(p.len())
+    } else {
+        p.len()
+    };
+    let one = |i: usize, lanes: &mut [f32]| {
+        let lane = (first + i) % 16;
+        avx512_axpy_f16_f32(p[i], &v[i * stride..i * stride + hd], &mut lanes[lane * hd..(lane + 1) * hd]);
+    };
+    for i in 0..head {
+        one(i, lanes);
+    }
+    let blocks = (p.len() - head) / 16;
+    if blocks > 0 {
+        // SAFETY: only installed in the AVX-512 KernelSet; `head + 16 · blocks`
+        // slots are in bounds (checked above), `hd` is a multiple of 16, and
+        // slot `first + head` sits in lane 0.
+        unsafe { avx512_attn_values_f16_impl(&p[head..head + 16 * blocks], &v[head * stride..], stride, lanes) };
+    }
+    for i in head + 16 * blocks..p.len() {
+        one(i, lanes);
+    }
+}
+
+/// Sixteen slots per block, slot `16b + s` into lane `s`; per lane and
+/// element the FMAs run in slot order, as `avx512_axpy_f16_f32_impl` does.
+///
+/// # Safety
+/// The CPU must support AVX-512 F, AVX2, FMA and F16C; `p.len()` is a
+/// multiple of 16, `lanes.len()` a multiple of 256, and `v` holds every
+/// slot's value row.
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+unsafe fn avx512_attn_values_f16_impl(p: &[f32], v: &[f16], stride: usize, lanes: &mut [f32]) {
+    let hd = lanes.len() / 16;
+    for c in (0..hd).step_by(16) {
+        // SAFETY: lane `l`'s elements `c..c + 16` are inside `lanes`.
+        let mut acc: [__m512; 16] =
+            core::array::from_fn(|l| unsafe { _mm512_loadu_ps(lanes.as_ptr().add(l * hd + c)) });
+        for (b, pb) in p.chunks_exact(16).enumerate() {
+            for (s, a) in acc.iter_mut().enumerate() {
+                // SAFETY: slot `16b + s` is in bounds (the caller's contract).
+                let x = unsafe {
+                    _mm512_cvtph_ps(_mm256_loadu_si256(
+                        v.as_ptr().add((16 * b + s) * stride + c).cast(),
+                    ))
+                };
+                *a = _mm512_fmadd_ps(_mm512_set1_ps(pb[s]), x, *a);
+            }
+        }
+        for (l, a) in acc.iter().enumerate() {
+            // SAFETY: as the loads above.
+            unsafe { _mm512_storeu_ps(lanes.as_mut_ptr().add(l * hd + c), *a) };
+        }
+    }
 }

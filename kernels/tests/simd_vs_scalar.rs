@@ -6,6 +6,8 @@
 //!   follows llama.cpp's order of float operations);
 //! * `dot_f32`: `1e-5 · Σ |x_i·y_i|` (reassociated per tier);
 //! * the `_x4` kernels: bitwise equal, per row, to the tier's single-row kernel;
+//! * the fused attention kernels (`attn_scores_f16`, `attn_values_f16`):
+//!   bitwise equal to their scalar twins;
 //! * the 8-row group GEMMs (`gemm_*_x8`): bitwise equal to their scalar twins
 //!   and, per row, to the scalar row-major dot of the unpacked row.
 //!
@@ -344,6 +346,36 @@ check_group_gemm!(
     scalar_vec_dot_q8_0_q8_0
 );
 
+/// `n` consecutive KV slots of a cache with rows of `stride` values, head
+/// at offset `off`, against the scalar twins (scores and value lanes).
+fn check_attn(tier: Tier, n: usize, hd_chunks: usize, first: usize, seed: u64) {
+    let Some(ks) = kernels_or_skip(tier) else {
+        return;
+    };
+    let mut rng = Rng::new(seed);
+    let hd = 16 * hd_chunks + usize::from(hd_chunks == 0) * 8;
+    let (stride, off) = (hd * 3, hd);
+    let len = n.max(1) * stride;
+    let k: Vec<f16> = rng.vec(len, |r| f16::from_f32(r.unit() * 2.0));
+    let v: Vec<f16> = rng.vec(len, |r| f16::from_f32(r.unit() * 2.0));
+    let q: Vec<f32> = rng.vec(hd, |r| f16::from_f32(r.unit()).to_f32());
+    let mut got = vec![0.0f32; n];
+    let mut want = vec![0.0f32; n];
+    (ks.attn_scores_f16)(&q, &k[off..], stride, 0.125, &mut got);
+    scalar_attn_scores_f16(&q, &k[off..], stride, 0.125, &mut want);
+    for (g, w) in got.iter().zip(&want) {
+        assert_bits("attn_scores_f16", *g, *w);
+    }
+    let p: Vec<f32> = rng.vec(n, |r| r.unit().abs());
+    let init: Vec<f32> = rng.vec(16 * hd, |r| r.unit());
+    let (mut got, mut want) = (init.clone(), init);
+    (ks.attn_values_f16)(&p, &v[off..], stride, first, &mut got);
+    scalar_attn_values_f16(&p, &v[off..], stride, first, &mut want);
+    for (g, w) in got.iter().zip(&want) {
+        assert_bits("attn_values_f16", *g, *w);
+    }
+}
+
 /// One proptest per kernel for each listed tier.
 macro_rules! simd_twin_tests {
     ($($module:ident => $tier:expr),* $(,)?) => {$(
@@ -364,6 +396,7 @@ macro_rules! simd_twin_tests {
                 #[test] fn scale_round_f16(len in 0usize..300, seed in any::<u64>()) { check_scale_round_f16(TIER, len, seed) }
                 #[test] fn exp_f32(len in 0usize..300, seed in any::<u64>()) { check_exp_f32(TIER, len, seed) }
                 #[test] fn silu_mul_f32(len in 0usize..300, seed in any::<u64>()) { check_silu_mul_f32(TIER, len, seed) }
+                #[test] fn attn_f16(n in 0usize..80, hd_chunks in 0usize..5, first in 0usize..40, seed in any::<u64>()) { check_attn(TIER, n, hd_chunks, first, seed) }
                 #[test] fn gemm_q4_0_x8(nb in 0usize..40, n in 1usize..10, seed in any::<u64>()) { check_gemm_q4_0_x8(TIER, nb, n, seed) }
                 #[test] fn gemm_q4_1_x8(nb in 0usize..40, n in 1usize..10, seed in any::<u64>()) { check_gemm_q4_1_x8(TIER, nb, n, seed) }
                 #[test] fn gemm_q8_0_x8(nb in 0usize..40, n in 1usize..10, seed in any::<u64>()) { check_gemm_q8_0_x8(TIER, nb, n, seed) }

