@@ -18,6 +18,23 @@ use crate::quant::{BlockQ8_0, BlockQ8_1};
 use crate::repack::{check_group_gemm, ActAux, BlockQ4_0x8, BlockQ4_1x8, BlockQ8_0x8, GROUP};
 use core::arch::x86_64::*;
 
+/// How far ahead (in bytes) the tiles prefetch weights: the hardware
+/// prefetchers alone left the weight loads stalling on memory even when the
+/// compute per block grows with the column count.
+const PREFETCH_BYTES: usize = 8192;
+
+/// Prefetches the cache lines `PREFETCH_BYTES` after `block` (which may lie
+/// past the weights' end: prefetches never fault, and the address is only
+/// computed with wrapping arithmetic).
+#[inline(always)]
+fn prefetch_ahead<T>(block: &T) {
+    let p = (block as *const T).cast::<i8>().wrapping_add(PREFETCH_BYTES);
+    for line in (0..core::mem::size_of::<T>()).step_by(64) {
+        // SAFETY: `_mm_prefetch` is a hint that never faults, on any address.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(line)) };
+    }
+}
+
 /// Columns per kernel call: enough to share the weight-side unpacking, few
 /// enough that the accumulators stay in registers.
 const TILE: usize = 4;
@@ -183,6 +200,7 @@ unsafe fn avx512_q4_1_tile<const C: usize>(
     let low_nibbles = _mm512_set1_epi8(0x0F);
     let izero = _mm512_setzero_si512();
     for (i, b) in w.iter().enumerate() {
+        prefetch_ahead(b);
         // SAFETY: `dm` is 32 bytes and `qs` 128 (two 64-byte loads at rows 0 and 4).
         let (hdr, n0, n1) = unsafe {
             (
@@ -246,6 +264,7 @@ unsafe fn avx512_q4_0_tile<const C: usize>(
     let rows_4_7 = _mm512_setr_epi32(4, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7);
     let low_nibbles = _mm512_set1_epi8(0x0F);
     for (i, b) in w.iter().enumerate() {
+        prefetch_ahead(b);
         // SAFETY: `d` is 16 bytes and `qs` 128 (two 64-byte loads at rows 0 and 4).
         let (hdr, n0, n1) = unsafe {
             (
@@ -317,6 +336,7 @@ unsafe fn avx512_q8_0_tile<const C: usize>(
     };
     let pairs = [pair(0), pair(1), pair(2), pair(3)];
     for (i, b) in w.iter().enumerate() {
+        prefetch_ahead(b);
         // SAFETY: `d` is 16 bytes.
         let hdr = unsafe {
             _mm512_castps256_ps512(_mm256_cvtph_ps(_mm_loadu_si128(b.d.as_ptr().cast())))
