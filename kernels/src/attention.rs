@@ -129,9 +129,15 @@ impl<'a> AttentionJob<'a> {
         })
     }
 
-    /// Independent (row, head) tasks: `n_rows × n_heads`.
+    /// Independent tasks: one head over a run of up to [`ROWS_PER_TASK`]
+    /// query rows (see [`AttentionJob::task_count`]).
     pub fn tasks(&self) -> usize {
-        self.rows.len() * self.shape.n_heads
+        Self::task_count(self.rows.len(), self.shape.n_heads)
+    }
+
+    /// Tasks of a call over `n_rows` rows and `n_heads` heads.
+    pub fn task_count(n_rows: usize, n_heads: usize) -> usize {
+        n_rows.div_ceil(ROWS_PER_TASK) * n_heads
     }
 
     /// Elements of the output (`n_rows × n_heads × head_dim`).
@@ -139,42 +145,41 @@ impl<'a> AttentionJob<'a> {
         self.q.len()
     }
 
-    /// Computes tasks `tasks` (row `i / n_heads`, head `i % n_heads`).
+    /// Computes tasks `tasks`: task `i` is head `i % n_heads` over rows
+    /// `ROWS_PER_TASK · (i / n_heads)..` (consecutive tasks use nearby KV heads).
     ///
     /// # Safety
     /// `out` must wrap a live slice of [`AttentionJob::out_len`] elements and
-    /// no other thread may touch the `head_dim` outputs of these tasks
-    /// meanwhile; `tasks.end <= self.tasks()`.
+    /// no other thread may touch the outputs of these tasks meanwhile;
+    /// `tasks.end <= self.tasks()`.
     pub unsafe fn run_tasks(&self, out: SharedOut, tasks: std::ops::Range<usize>) {
         let AttentionShape {
             n_heads,
             n_kv_heads,
             head_dim,
-            scale,
+            ..
         } = self.shape;
-        let kv_stride = n_kv_heads * head_dim;
         let group = n_heads / n_kv_heads;
+        let n_rows = self.rows.len();
         for idx in tasks {
-            let row = idx / n_heads;
             let head = idx % n_heads;
-            let kv_off = (head / group) * head_dim;
-            let qv = &self.q[idx * head_dim..(idx + 1) * head_dim];
-            // SAFETY: the caller owns this task's outputs, which lie inside `out`.
-            let dst = unsafe { out.slice_mut(idx * head_dim, head_dim) };
-            attend_one(
-                self.ks,
-                qv,
-                scale,
-                &self.rows[row],
-                self.k_cache,
-                self.v_cache,
-                kv_stride,
-                kv_off,
-                dst,
-            );
+            let first = (idx / n_heads) * ROWS_PER_TASK;
+            let rows = first..(first + ROWS_PER_TASK).min(n_rows);
+            let mut dsts: [&mut [f32]; ROWS_PER_TASK] = Default::default();
+            for (d, r) in dsts.iter_mut().zip(rows.clone()) {
+                let at = (r * n_heads + head) * head_dim;
+                // SAFETY: the caller owns this task's outputs (row r, this
+                // head), which lie inside `out`.
+                *d = unsafe { out.slice_mut(at, head_dim) };
+            }
+            attend_rows(self, head, (head / group) * head_dim, rows, &mut dsts);
         }
     }
 }
+
+/// Query rows one attention task takes together: their scores against the
+/// shared visible prefix convert each key once for all of them.
+pub const ROWS_PER_TASK: usize = 4;
 
 /// Computes attention for `n_rows` query rows, on rayon's threads when the
 /// work is large enough (see [`AttentionJob`] for the shapes).
@@ -215,116 +220,182 @@ pub fn attention(
 /// Lanes of llama.cpp's f16 `tinyBLAS` (512-bit vectors of f32).
 const LANES: usize = 16;
 
-/// One (row, head), bitwise as llama.cpp's batched non-flash-attention CPU
-/// path with an f16 cache computes it (so conformance holds):
+/// One head over a few query rows, each bitwise as llama.cpp's batched
+/// non-flash-attention CPU path with an f16 cache computes it (so
+/// conformance holds):
 ///
 /// * scores: the query rounded to f16, `k · q` in tinyBLAS's 16-lane order
-///   ([`KernelSet::dot_f16_f32`]), times `scale`;
+///   ([`KernelSet::dot_f16_f32`]), times `scale`; over the prefix that all
+///   the rows see, [`KernelSet::attn_scores_f16_multi`] does every row at once;
 /// * softmax: `ggml_v_expf(s - max)`; the exps are summed per 16-slot chunk
 ///   of the KV cache (slot `t` in chunk `t / 16`, lane `t % 16`, invisible
 ///   slots contributing exact zeros as llama.cpp's masked ones do) with
 ///   GCC's `_mm512_reduce_add_ps` order, chunk sums added in f64; the
 ///   probabilities `e · (1/sum)` are rounded to f16;
 /// * output: tinyBLAS again over the slots, so slot `t` is FMA'd into lane
-///   `t % 16` (one [`KernelSet::axpy_f16_f32`] into that lane's row), and
-///   the 16 lanes are summed per output value at the end.
+///   `t % 16` ([`KernelSet::attn_values_f16`]), and the 16 lanes are summed
+///   per output value at the end.
 ///
-/// The visible slots must be ascending (they are: a prefix, then `extra`).
-/// The per-thread buffers grow to the row's visible length; no score matrix
+/// A row's result does not depend on the other rows of its task. The
+/// visible slots must be ascending (they are: a prefix, then `extra`). The
+/// per-thread buffers grow to the rows' visible length; no score matrix
 /// over all rows is materialized.
-#[allow(clippy::too_many_arguments)]
-fn attend_one(
-    ks: &KernelSet,
-    q: &[f32],
-    scale: f32,
-    vis: &RowVisibility,
-    k_cache: &[f16],
-    v_cache: &[f16],
-    kv_stride: usize,
+fn attend_rows(
+    job: &AttentionJob,
+    head: usize,
     kv_off: usize,
-    acc: &mut [f32],
+    rows: std::ops::Range<usize>,
+    dsts: &mut [&mut [f32]; ROWS_PER_TASK],
 ) {
-    acc.fill(0.0);
-    let head_dim = acc.len();
-    let prefix = vis.prefix_len;
-    let slots = (0..prefix).chain(vis.extra.iter().map(|&t| t as usize));
-    fn row(cache: &[f16], t: usize, kv_stride: usize, kv_off: usize, head_dim: usize) -> &[f16] {
+    let ks = job.ks;
+    let AttentionShape {
+        n_heads,
+        n_kv_heads,
+        head_dim,
+        scale,
+    } = job.shape;
+    let kv_stride = n_kv_heads * head_dim;
+    let vis = &job.rows[rows.clone()];
+    let m = vis.len();
+    let common = vis.iter().map(|v| v.prefix_len).min().unwrap_or(0);
+    let longest = vis
+        .iter()
+        .map(|v| v.prefix_len + v.extra.len())
+        .max()
+        .unwrap_or(0);
+    let key_of = |t: usize| -> std::ops::Range<usize> {
         let base = t * kv_stride + kv_off;
-        &cache[base..base + head_dim]
-    }
+        base..base + head_dim
+    };
     SCRATCH.with(|cell| {
         let mut scratch = cell.borrow_mut();
         let Scratch { q16, scores, lanes } = &mut *scratch;
         q16.clear();
-        q16.extend(q.iter().map(|&v| f16::from_f32(v).to_f32()));
+        for r in rows.clone() {
+            let q = &job.q[(r * n_heads + head) * head_dim..][..head_dim];
+            q16.extend(q.iter().map(|&v| f16::from_f32(v).to_f32()));
+        }
         scores.clear();
-        scores.resize(prefix, 0.0);
-        if prefix > 0 {
-            (ks.attn_scores_f16)(q16, &k_cache[kv_off..], kv_stride, scale, scores);
-        }
-        for &t in vis.extra {
-            scores.push((ks.dot_f16_f32)(row(k_cache, t as usize, kv_stride, kv_off, head_dim), q16) * scale);
-        }
-        if scores.is_empty() {
-            return;
-        }
-        let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-        for s in scores.iter_mut() {
-            *s -= max;
-        }
-        (ks.exp_f32)(scores);
-        let mut sum = 0.0f64;
-        let mut chunk = [0.0f32; LANES];
-        let mut chunk_id = usize::MAX;
-        for (&e, t) in scores.iter().zip(slots.clone()) {
-            if t / LANES != chunk_id {
-                if chunk_id != usize::MAX {
-                    sum += crate::scalar::hsum16(&chunk) as f64;
-                }
-                chunk = [0.0; LANES];
-                chunk_id = t / LANES;
-            }
-            chunk[t % LANES] = e;
-        }
-        sum += crate::scalar::hsum16(&chunk) as f64;
-        (ks.scale_round_f16)((1.0 / sum) as f32, scores);
-        lanes.clear();
-        lanes.resize(LANES * head_dim, 0.0);
-        if prefix > 0 {
-            (ks.attn_values_f16)(&scores[..prefix], &v_cache[kv_off..], kv_stride, 0, lanes);
-        }
-        for (&p, &t) in scores[prefix..].iter().zip(vis.extra) {
-            let lane = t as usize % LANES;
-            (ks.axpy_f16_f32)(
-                p,
-                row(v_cache, t as usize, kv_stride, kv_off, head_dim),
-                &mut lanes[lane * head_dim..(lane + 1) * head_dim],
+        scores.resize(m * longest, 0.0);
+        if common > 0 {
+            (ks.attn_scores_f16_multi)(
+                q16,
+                m,
+                &job.k_cache[kv_off..],
+                kv_stride,
+                scale,
+                common,
+                scores,
+                longest,
             );
         }
-        // `hsum16` over the 16 lanes of every output value, written as
-        // element-wise adds of whole lane rows (the same tree per value) so
-        // it vectorizes across `head_dim`.
-        let (lo, hi) = lanes.split_at_mut(8 * head_dim);
-        for (l, h) in lo.iter_mut().zip(hi.iter()) {
-            *l += *h; // t[k] = a[k] + a[k + 8]
-        }
-        let (t0, t1) = lo.split_at_mut(4 * head_dim);
-        for (l, h) in t0.iter_mut().zip(t1.iter()) {
-            *l += *h; // u[k] = t[k] + t[k + 4]
-        }
-        let row = |k: usize| &t0[k * head_dim..(k + 1) * head_dim];
-        for (d, o) in acc.iter_mut().enumerate() {
-            *o = (row(0)[d] + row(2)[d]) + (row(1)[d] + row(3)[d]);
+        for (j, (v, dst)) in vis.iter().zip(dsts.iter_mut()).enumerate() {
+            let q = &q16[j * head_dim..(j + 1) * head_dim];
+            let n = v.prefix_len + v.extra.len();
+            let sc = &mut scores[j * longest..j * longest + n];
+            if v.prefix_len > common {
+                (ks.attn_scores_f16)(
+                    q,
+                    &job.k_cache[common * kv_stride + kv_off..],
+                    kv_stride,
+                    scale,
+                    &mut sc[common..v.prefix_len],
+                );
+            }
+            for (s, &t) in sc[v.prefix_len..].iter_mut().zip(v.extra) {
+                *s = (ks.dot_f16_f32)(&job.k_cache[key_of(t as usize)], q) * scale;
+            }
+            softmax_and_values(ks, v, sc, job.v_cache, kv_stride, kv_off, lanes, dst);
         }
     });
 }
 
-/// Per-thread buffers of [`attend_one`].
+/// The rest of one row after its scores: softmax, then the value sum into `acc`.
+#[allow(clippy::too_many_arguments)]
+fn softmax_and_values(
+    ks: &KernelSet,
+    vis: &RowVisibility,
+    scores: &mut [f32],
+    v_cache: &[f16],
+    kv_stride: usize,
+    kv_off: usize,
+    lanes: &mut Vec<f32>,
+    acc: &mut [f32],
+) {
+    acc.fill(0.0);
+    if scores.is_empty() {
+        return;
+    }
+    let head_dim = acc.len();
+    let prefix = vis.prefix_len;
+    let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+    for s in scores.iter_mut() {
+        *s -= max;
+    }
+    (ks.exp_f32)(scores);
+    // Whole 16-slot chunks of the prefix first (their lanes are exactly
+    // their slots), then the slots after them chunk by chunk.
+    let mut sum = 0.0f64;
+    let full = prefix / LANES;
+    for chunk in scores[..full * LANES].chunks_exact(LANES) {
+        let mut c = [0.0f32; LANES];
+        c.copy_from_slice(chunk);
+        sum += crate::scalar::hsum16(&c) as f64;
+    }
+    let rest = (full * LANES..prefix).chain(vis.extra.iter().map(|&t| t as usize));
+    let mut chunk = [0.0f32; LANES];
+    let mut chunk_id = usize::MAX;
+    for (&e, t) in scores[full * LANES..].iter().zip(rest) {
+        if t / LANES != chunk_id {
+            if chunk_id != usize::MAX {
+                sum += crate::scalar::hsum16(&chunk) as f64;
+            }
+            chunk = [0.0; LANES];
+            chunk_id = t / LANES;
+        }
+        chunk[t % LANES] = e;
+    }
+    if chunk_id != usize::MAX {
+        sum += crate::scalar::hsum16(&chunk) as f64;
+    }
+    (ks.scale_round_f16)((1.0 / sum) as f32, scores);
+    lanes.clear();
+    lanes.resize(LANES * head_dim, 0.0);
+    if prefix > 0 {
+        (ks.attn_values_f16)(&scores[..prefix], &v_cache[kv_off..], kv_stride, 0, lanes);
+    }
+    for (&p, &t) in scores[prefix..].iter().zip(vis.extra) {
+        let lane = t as usize % LANES;
+        let base = t as usize * kv_stride + kv_off;
+        (ks.axpy_f16_f32)(
+            p,
+            &v_cache[base..base + head_dim],
+            &mut lanes[lane * head_dim..(lane + 1) * head_dim],
+        );
+    }
+    // `hsum16` over the 16 lanes of every output value, written as
+    // element-wise adds of whole lane rows (the same tree per value) so
+    // it vectorizes across `head_dim`.
+    let (lo, hi) = lanes.split_at_mut(8 * head_dim);
+    for (l, h) in lo.iter_mut().zip(hi.iter()) {
+        *l += *h; // t[k] = a[k] + a[k + 8]
+    }
+    let (t0, t1) = lo.split_at_mut(4 * head_dim);
+    for (l, h) in t0.iter_mut().zip(t1.iter()) {
+        *l += *h; // u[k] = t[k] + t[k + 4]
+    }
+    let row = |k: usize| &t0[k * head_dim..(k + 1) * head_dim];
+    for (d, o) in acc.iter_mut().enumerate() {
+        *o = (row(0)[d] + row(2)[d]) + (row(1)[d] + row(3)[d]);
+    }
+}
+
+/// Per-thread buffers of [`attend_rows`].
 #[derive(Default)]
 struct Scratch {
-    /// The query rounded to f16 (held as f32).
+    /// The task's queries rounded to f16 (held as f32), row after row.
     q16: Vec<f32>,
-    /// Scores, then exps, of the visible slots.
+    /// Scores, then exps, of the visible slots, one stretch per row.
     scores: Vec<f32>,
     /// `16 × head_dim` per-lane partial outputs.
     lanes: Vec<f32>,

@@ -81,6 +81,10 @@ impl fmt::Display for Tier {
     }
 }
 
+/// `(q16, m, k, stride, scale, n, scores, scores_stride)`: see
+/// [`scalar::scalar_attn_scores_f16_multi`].
+pub type AttnScoresMulti = fn(&[f32], usize, &[f16], usize, f32, usize, &mut [f32], usize);
+
 /// The kernels of one tier, as plain function pointers.
 ///
 /// All quantized dots take a weight row first and an activation row second,
@@ -130,6 +134,10 @@ pub struct KernelSet {
     /// Attention scores of consecutive KV slots (see
     /// [`scalar::scalar_attn_scores_f16`]; bitwise equal to it).
     pub attn_scores_f16: fn(&[f32], &[f16], usize, f32, &mut [f32]),
+    /// Scores of several queries against the same consecutive KV slots
+    /// (see [`scalar::scalar_attn_scores_f16_multi`]; bitwise equal to it):
+    /// the keys are converted once for all queries.
+    pub attn_scores_f16_multi: AttnScoresMulti,
     /// Attention value accumulation into 16 lanes (see
     /// [`scalar::scalar_attn_values_f16`]; bitwise equal to it).
     pub attn_values_f16: fn(&[f32], &[f16], usize, usize, &mut [f32]),
@@ -165,6 +173,7 @@ pub(crate) const SCALAR_KERNELS: KernelSet = KernelSet {
     silu_mul_f32: scalar::scalar_silu_mul_f32,
     attn_scores_f16: scalar::scalar_attn_scores_f16,
     attn_values_f16: scalar::scalar_attn_values_f16,
+    attn_scores_f16_multi: scalar::scalar_attn_scores_f16_multi,
     prefers_repacked: false,
     gemm_q4_0_x8: repack::scalar_gemm_q4_0_x8,
     gemm_q4_1_x8: repack::scalar_gemm_q4_1_x8,

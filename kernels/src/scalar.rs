@@ -288,3 +288,37 @@ pub fn scalar_attn_values_f16(p: &[f32], v: &[f16], stride: usize, first: usize,
         );
     }
 }
+
+/// Attention scores of `m` queries (`q16`: `m × head_dim`, back to back)
+/// against `n` consecutive KV slots, as `m` calls of
+/// [`scalar_attn_scores_f16`]: query `j`'s scores go to
+/// `scores[j * scores_stride..][..n]`.
+///
+/// # Panics
+/// If `q16.len()` is not a multiple of `m`, or a slice is too short.
+#[allow(clippy::too_many_arguments)]
+pub fn scalar_attn_scores_f16_multi(
+    q16: &[f32],
+    m: usize,
+    k: &[f16],
+    stride: usize,
+    scale: f32,
+    n: usize,
+    scores: &mut [f32],
+    scores_stride: usize,
+) {
+    if m == 0 {
+        return;
+    }
+    assert!(q16.len().is_multiple_of(m), "attn_scores_multi: q16 is not m rows");
+    let hd = q16.len() / m;
+    for j in 0..m {
+        scalar_attn_scores_f16(
+            &q16[j * hd..(j + 1) * hd],
+            k,
+            stride,
+            scale,
+            &mut scores[j * scores_stride..j * scores_stride + n],
+        );
+    }
+}

@@ -61,6 +61,7 @@ pub(crate) fn avx2_kernel_set() -> KernelSet {
         silu_mul_f32: crate::scalar::scalar_silu_mul_f32,
         attn_scores_f16: crate::scalar::scalar_attn_scores_f16,
         attn_values_f16: crate::scalar::scalar_attn_values_f16,
+        attn_scores_f16_multi: crate::scalar::scalar_attn_scores_f16_multi,
         prefers_repacked: true,
         gemm_q4_0_x8: crate::x86_repack::avx2_gemm_q4_0_x8,
         gemm_q4_1_x8: crate::x86_repack::avx2_gemm_q4_1_x8,
@@ -88,6 +89,7 @@ pub(crate) fn avx512vnni_kernel_set() -> KernelSet {
         silu_mul_f32: avx512_silu_mul_f32,
         attn_scores_f16: avx512_attn_scores_f16,
         attn_values_f16: avx512_attn_values_f16,
+        attn_scores_f16_multi: avx512_attn_scores_f16_multi,
         prefers_repacked: true,
         gemm_q4_0_x8: crate::x86_repack::avx512vnni_gemm_q4_0_x8,
         gemm_q4_1_x8: crate::x86_repack::avx512vnni_gemm_q4_1_x8,
@@ -952,32 +954,9 @@ unsafe fn avx512_attn_scores_f16_impl(
                 *a = _mm512_fmadd_ps(kv, qv, *a);
             }
         }
-        // `hsum16` of all sixteen at once: t[j] = a[j + 8] + a[j] …
-        let t: [__m512; 8] = core::array::from_fn(|p| {
-            let (a, b) = (acc[2 * p], acc[2 * p + 1]);
-            _mm512_add_ps(
-                _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b),
-                _mm512_shuffle_f32x4::<0b01_00_01_00>(a, b),
-            )
-        });
-        // … u[j] = t[j + 4] + t[j] …
-        let u: [__m512; 4] = core::array::from_fn(|p| {
-            let (a, b) = (t[2 * p], t[2 * p + 1]);
-            _mm512_add_ps(
-                _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b),
-                _mm512_shuffle_f32x4::<0b10_00_10_00>(a, b),
-            )
-        });
-        // … then (u0 + u2) + (u1 + u3), in lane 0 of each 128-bit chunk.
-        for (p, &up) in u.iter().enumerate() {
-            let v = _mm512_add_ps(up, _mm512_permute_ps::<0b01_00_11_10>(up));
-            let w = _mm512_add_ps(v, _mm512_permute_ps::<0b00_00_00_01>(v));
-            let mut lanes = [0.0f32; 16];
-            // SAFETY: `lanes` is 64 writable bytes.
-            unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), w) };
-            for q in 0..4 {
-                scores[i + 4 * p + q] = lanes[4 * q] * scale;
-            }
+        let sums = hsum16_x16(&acc);
+        for (s, &v) in scores[i..i + 16].iter_mut().zip(&sums) {
+            *s = v * scale;
         }
         i += 16;
     }
@@ -1050,6 +1029,144 @@ unsafe fn avx512_attn_values_f16_impl(p: &[f32], v: &[f16], stride: usize, lanes
         for (l, a) in acc.iter().enumerate() {
             // SAFETY: as the loads above.
             unsafe { _mm512_storeu_ps(lanes.as_mut_ptr().add(l * hd + c), *a) };
+        }
+    }
+}
+
+/// `hsum16` (GCC's `_mm512_reduce_add_ps` order) of sixteen registers at
+/// once, transposing as it adds: t[j] = a[j + 8] + a[j], u[j] = t[j + 4] +
+/// t[j], then (u0 + u2) + (u1 + u3).
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn hsum16_x16(acc: &[__m512; 16]) -> [f32; 16] {
+    let t: [__m512; 8] = core::array::from_fn(|p| {
+        let (a, b) = (acc[2 * p], acc[2 * p + 1]);
+        _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b),
+            _mm512_shuffle_f32x4::<0b01_00_01_00>(a, b),
+        )
+    });
+    let u: [__m512; 4] = core::array::from_fn(|p| {
+        let (a, b) = (t[2 * p], t[2 * p + 1]);
+        _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b),
+            _mm512_shuffle_f32x4::<0b10_00_10_00>(a, b),
+        )
+    });
+    let mut out = [0.0f32; 16];
+    for (p, &up) in u.iter().enumerate() {
+        let v = _mm512_add_ps(up, _mm512_permute_ps::<0b01_00_11_10>(up));
+        let w = _mm512_add_ps(v, _mm512_permute_ps::<0b00_00_00_01>(v));
+        let mut lanes = [0.0f32; 16];
+        // SAFETY: `lanes` is 64 writable bytes.
+        unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), w) };
+        for q in 0..4 {
+            out[4 * p + q] = lanes[4 * q];
+        }
+    }
+    out
+}
+
+/// Keys converted per block of 16 slots for all queries: at most this many
+/// values per slot (a 16 KiB stack buffer).
+const MULTI_MAX_HEAD_DIM: usize = 256;
+
+#[allow(clippy::too_many_arguments)]
+fn avx512_attn_scores_f16_multi(
+    q16: &[f32],
+    m: usize,
+    k: &[f16],
+    stride: usize,
+    scale: f32,
+    n: usize,
+    scores: &mut [f32],
+    scores_stride: usize,
+) {
+    if m == 0 {
+        return;
+    }
+    assert!(q16.len().is_multiple_of(m), "attn_scores_multi: q16 is not m rows");
+    let hd = q16.len() / m;
+    if n > 0 {
+        assert!(k.len() >= (n - 1) * stride + hd, "attn_scores_multi: key cache too short");
+        assert!(scores.len() >= (m - 1) * scores_stride + n, "attn_scores_multi: scores too short");
+    }
+    if m == 1 || hd == 0 || !hd.is_multiple_of(16) || hd > MULTI_MAX_HEAD_DIM {
+        for j in 0..m {
+            avx512_attn_scores_f16(
+                &q16[j * hd..(j + 1) * hd],
+                k,
+                stride,
+                scale,
+                &mut scores[j * scores_stride..j * scores_stride + n],
+            );
+        }
+        return;
+    }
+    // SAFETY: only installed in the AVX-512 KernelSet; bounds checked above.
+    unsafe { avx512_attn_scores_f16_multi_impl(q16, m, k, stride, scale, n, scores, scores_stride) }
+}
+
+/// # Safety
+/// The CPU must support AVX-512 F, AVX2, FMA and F16C; `q16.len() = m · hd`
+/// with `hd` a multiple of 16 and at most [`MULTI_MAX_HEAD_DIM`]; `k` holds
+/// `n` slots and `scores` `m` rows of `scores_stride`.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+unsafe fn avx512_attn_scores_f16_multi_impl(
+    q16: &[f32],
+    m: usize,
+    k: &[f16],
+    stride: usize,
+    scale: f32,
+    n: usize,
+    scores: &mut [f32],
+    scores_stride: usize,
+) {
+    let hd = q16.len() / m;
+    let mut keys = [0.0f32; 16 * MULTI_MAX_HEAD_DIM];
+    let mut i = 0;
+    while i + 16 <= n {
+        for s in 0..16 {
+            for c in (0..hd).step_by(16) {
+                // SAFETY: slot `i + s` is in bounds (caller); `keys` has room
+                // for 16 slots of `hd <= MULTI_MAX_HEAD_DIM` values.
+                unsafe {
+                    let kv = _mm512_cvtph_ps(_mm256_loadu_si256(
+                        k.as_ptr().add((i + s) * stride + c).cast(),
+                    ));
+                    _mm512_storeu_ps(keys.as_mut_ptr().add(s * hd + c), kv);
+                }
+            }
+        }
+        for j in 0..m {
+            let q = &q16[j * hd..(j + 1) * hd];
+            let mut acc = [_mm512_setzero_ps(); 16];
+            for c in (0..hd).step_by(16) {
+                // SAFETY: `c + 16 <= hd`.
+                let qv = unsafe { _mm512_loadu_ps(q.as_ptr().add(c)) };
+                for (s, a) in acc.iter_mut().enumerate() {
+                    // SAFETY: inside the converted keys.
+                    let kv = unsafe { _mm512_loadu_ps(keys.as_ptr().add(s * hd + c)) };
+                    // The same FMA (key × query + lane) as the one-query kernel.
+                    *a = _mm512_fmadd_ps(kv, qv, *a);
+                }
+            }
+            let sums = hsum16_x16(&acc);
+            let row = &mut scores[j * scores_stride + i..j * scores_stride + i + 16];
+            for (dst, &v) in row.iter_mut().zip(&sums) {
+                *dst = v * scale;
+            }
+        }
+        i += 16;
+    }
+    if i < n {
+        for j in 0..m {
+            let dst = &mut scores[j * scores_stride + i..j * scores_stride + n];
+            // SAFETY: the caller's contract (bounds and CPU features).
+            unsafe {
+                avx512_attn_scores_f16_impl(&q16[j * hd..(j + 1) * hd], &k[i * stride..], stride, scale, dst)
+            };
         }
     }
 }

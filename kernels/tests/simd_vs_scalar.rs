@@ -366,6 +366,15 @@ fn check_attn(tier: Tier, n: usize, hd_chunks: usize, first: usize, seed: u64) {
     for (g, w) in got.iter().zip(&want) {
         assert_bits("attn_scores_f16", *g, *w);
     }
+    let m = 1 + (seed % 4) as usize;
+    let qs: Vec<f32> = rng.vec(m * hd, |r| f16::from_f32(r.unit()).to_f32());
+    let mut got = vec![0.0f32; m * (n + 3)];
+    let mut want = vec![0.0f32; m * (n + 3)];
+    (ks.attn_scores_f16_multi)(&qs, m, &k[off..], stride, 0.125, n, &mut got, n + 3);
+    scalar_attn_scores_f16_multi(&qs, m, &k[off..], stride, 0.125, n, &mut want, n + 3);
+    for (g, w) in got.iter().zip(&want) {
+        assert_bits("attn_scores_f16_multi", *g, *w);
+    }
     let p: Vec<f32> = rng.vec(n, |r| r.unit().abs());
     let init: Vec<f32> = rng.vec(16 * hd, |r| r.unit());
     let (mut got, mut want) = (init.clone(), init);

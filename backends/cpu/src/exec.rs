@@ -718,7 +718,10 @@ impl TeamRun<'_> {
                         index,
                         |scratch| {
                             exe.prepare_attention(mem, op, params, scratch)?;
-                            work.reset(scratch.visible_ranges.len() * op_heads(op));
+                            work.reset(AttentionJob::task_count(
+                                scratch.visible_ranges.len(),
+                                op_heads(op),
+                            ));
                             Ok(())
                         },
                         Some(&|scratch| {
@@ -1022,7 +1025,7 @@ impl CpuExecutable {
         let (kc, vc) = (mem.typed::<f16>(k_cache)?, mem.typed::<f16>(v_cache)?);
         let job = AttentionJob::new(self.kernels, &shape, qv, kc, vc, rows)?;
         let out = mem.shared_out(out, job.out_len())?;
-        let step = job.tasks() / (4 * work.threads());
+        let step = job.tasks() / (2 * work.threads());
         while let Some(range) = work.take(me, step) {
             // SAFETY: `out` wraps this op's output of `out_len` elements, and
             // the work counter hands each task to exactly one thread.
@@ -1136,7 +1139,10 @@ impl CpuExecutable {
                 // Normally a phase of its own; here on this thread alone.
                 self.prepare_attention(mem, op, params, scratch)?;
                 let work = WorkSplit::new(1);
-                work.reset(scratch.visible_ranges.len() * op_heads(op));
+                work.reset(AttentionJob::task_count(
+                    scratch.visible_ranges.len(),
+                    op_heads(op),
+                ));
                 self.run_attention_tasks(mem, op, params, scratch, &work, 0)?;
             }
             Op::SiluMul { gate, up, out } => {
