@@ -187,8 +187,17 @@ impl Engine {
             .map(|b| b.subgraphs().count())
             .sum::<usize>() as u64;
         let mut done = 0u64;
+        let mut released = std::collections::HashSet::new();
         let mut compile = |g: &coordgen_graph::Subgraph| -> Result<Box<dyn Executable>> {
             let exe = backend.compile(g, &weights)?;
+            // The backend reads repacked copies of these from now on: keep
+            // the model resident once, not twice (also while loading).
+            for name in backend.repacked_weights() {
+                if !released.contains(&name) {
+                    file.release_tensor_pages(&name);
+                    released.insert(name);
+                }
+            }
             done += 1;
             progress(LoadProgress {
                 stage: "compiling",

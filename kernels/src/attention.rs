@@ -129,15 +129,16 @@ impl<'a> AttentionJob<'a> {
         })
     }
 
-    /// Independent tasks: one head over a run of up to [`ROWS_PER_TASK`]
-    /// query rows (see [`AttentionJob::task_count`]).
+    /// Independent tasks (see [`AttentionJob::task_count`]).
     pub fn tasks(&self) -> usize {
-        Self::task_count(self.rows.len(), self.shape.n_heads)
+        Self::task_count(self.rows.len(), &self.shape)
     }
 
-    /// Tasks of a call over `n_rows` rows and `n_heads` heads.
-    pub fn task_count(n_rows: usize, n_heads: usize) -> usize {
-        n_rows.div_ceil(ROWS_PER_TASK) * n_heads
+    /// Tasks of a call over `n_rows` rows: each takes a run of rows and
+    /// either one head or all the heads of one KV head (see [`TaskSplit`]).
+    pub fn task_count(n_rows: usize, shape: &AttentionShape) -> usize {
+        let split = TaskSplit::new(n_rows, shape);
+        n_rows.div_ceil(split.rows) * (shape.n_heads / split.heads.max(1))
     }
 
     /// Elements of the output (`n_rows × n_heads × head_dim`).
@@ -145,8 +146,8 @@ impl<'a> AttentionJob<'a> {
         self.q.len()
     }
 
-    /// Computes tasks `tasks`: task `i` is head `i % n_heads` over rows
-    /// `ROWS_PER_TASK · (i / n_heads)..` (consecutive tasks use nearby KV heads).
+    /// Computes tasks `tasks` (task `i`: row run `i / (n_heads / heads)`,
+    /// head run `i % (n_heads / heads)`).
     ///
     /// # Safety
     /// `out` must wrap a live slice of [`AttentionJob::out_len`] elements and
@@ -161,25 +162,63 @@ impl<'a> AttentionJob<'a> {
         } = self.shape;
         let group = n_heads / n_kv_heads;
         let n_rows = self.rows.len();
+        let split = TaskSplit::new(n_rows, &self.shape);
+        let head_runs = n_heads / split.heads;
         for idx in tasks {
-            let head = idx % n_heads;
-            let first = (idx / n_heads) * ROWS_PER_TASK;
-            let rows = first..(first + ROWS_PER_TASK).min(n_rows);
-            let mut dsts: [&mut [f32]; ROWS_PER_TASK] = Default::default();
-            for (d, r) in dsts.iter_mut().zip(rows.clone()) {
-                let at = (r * n_heads + head) * head_dim;
-                // SAFETY: the caller owns this task's outputs (row r, this
-                // head), which lie inside `out`.
-                *d = unsafe { out.slice_mut(at, head_dim) };
+            let first_row = (idx / head_runs) * split.rows;
+            let rows = first_row..(first_row + split.rows).min(n_rows);
+            let first_head = (idx % head_runs) * split.heads;
+            let heads = first_head..first_head + split.heads;
+            let mut dsts: [&mut [f32]; MAX_TASK_QUERIES] = Default::default();
+            let mut m = 0;
+            for r in rows.clone() {
+                for h in heads.clone() {
+                    let at = (r * n_heads + h) * head_dim;
+                    // SAFETY: the caller owns this task's outputs (these rows
+                    // and heads), which lie inside `out`.
+                    dsts[m] = unsafe { out.slice_mut(at, head_dim) };
+                    m += 1;
+                }
             }
-            attend_rows(self, head, (head / group) * head_dim, rows, &mut dsts);
+            let kv_off = (first_head / group) * head_dim;
+            attend_group(self, heads, kv_off, rows, &mut dsts[..m]);
         }
     }
 }
 
-/// Query rows one attention task takes together: their scores against the
-/// shared visible prefix convert each key once for all of them.
-pub const ROWS_PER_TASK: usize = 4;
+/// Queries (rows × heads) one attention task holds at most.
+const MAX_TASK_QUERIES: usize = 16;
+
+/// How attention work is cut into tasks. The queries of a task share one
+/// KV head and the prefix all its rows see, so each key and value there is
+/// converted once for all of them; a single row keeps one head per task, so
+/// that two threads still have enough tasks to share.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskSplit {
+    /// Query rows per task.
+    pub rows: usize,
+    /// Heads per task: 1, or every head of one KV head.
+    pub heads: usize,
+}
+
+impl TaskSplit {
+    /// The split used for `n_rows` rows (results never depend on it).
+    pub fn new(n_rows: usize, shape: &AttentionShape) -> Self {
+        let group = (shape.n_heads / shape.n_kv_heads.max(1)).max(1);
+        if n_rows <= 1 || group > MAX_TASK_QUERIES {
+            return TaskSplit {
+                rows: n_rows.clamp(1, MAX_TASK_QUERIES),
+                heads: 1,
+            };
+        }
+        TaskSplit {
+            rows: n_rows
+                .div_ceil(2)
+                .clamp(1, (MAX_TASK_QUERIES / group).clamp(1, 4)),
+            heads: group,
+        }
+    }
+}
 
 /// Computes attention for `n_rows` query rows, on rayon's threads when the
 /// work is large enough (see [`AttentionJob`] for the shapes).
@@ -240,12 +279,12 @@ const LANES: usize = 16;
 /// visible slots must be ascending (they are: a prefix, then `extra`). The
 /// per-thread buffers grow to the rows' visible length; no score matrix
 /// over all rows is materialized.
-fn attend_rows(
+fn attend_group(
     job: &AttentionJob,
-    head: usize,
+    heads: std::ops::Range<usize>,
     kv_off: usize,
     rows: std::ops::Range<usize>,
-    dsts: &mut [&mut [f32]; ROWS_PER_TASK],
+    dsts: &mut [&mut [f32]],
 ) {
     let ks = job.ks;
     let AttentionShape {
@@ -256,7 +295,8 @@ fn attend_rows(
     } = job.shape;
     let kv_stride = n_kv_heads * head_dim;
     let vis = &job.rows[rows.clone()];
-    let m = vis.len();
+    let n_heads_here = heads.len();
+    let m = vis.len() * n_heads_here;
     let common = vis.iter().map(|v| v.prefix_len).min().unwrap_or(0);
     let longest = vis
         .iter()
@@ -272,8 +312,10 @@ fn attend_rows(
         let Scratch { q16, scores, lanes } = &mut *scratch;
         q16.clear();
         for r in rows.clone() {
-            let q = &job.q[(r * n_heads + head) * head_dim..][..head_dim];
-            q16.extend(q.iter().map(|&v| f16::from_f32(v).to_f32()));
+            for h in heads.clone() {
+                let q = &job.q[(r * n_heads + h) * head_dim..][..head_dim];
+                q16.extend(q.iter().map(|&v| f16::from_f32(v).to_f32()));
+            }
         }
         scores.clear();
         scores.resize(m * longest, 0.0);
@@ -289,10 +331,10 @@ fn attend_rows(
                 longest,
             );
         }
-        for (j, (v, dst)) in vis.iter().zip(dsts.iter_mut()).enumerate() {
+        for j in 0..m {
+            let v = &vis[j / n_heads_here];
             let q = &q16[j * head_dim..(j + 1) * head_dim];
-            let n = v.prefix_len + v.extra.len();
-            let sc = &mut scores[j * longest..j * longest + n];
+            let sc = &mut scores[j * longest..j * longest + v.prefix_len + v.extra.len()];
             if v.prefix_len > common {
                 (ks.attn_scores_f16)(
                     q,
@@ -305,28 +347,56 @@ fn attend_rows(
             for (s, &t) in sc[v.prefix_len..].iter_mut().zip(v.extra) {
                 *s = (ks.dot_f16_f32)(&job.k_cache[key_of(t as usize)], q) * scale;
             }
-            softmax_and_values(ks, v, sc, job.v_cache, kv_stride, kv_off, lanes, dst);
+            softmax(ks, v, sc);
+        }
+        let per = LANES * head_dim;
+        lanes.clear();
+        lanes.resize(m * per, 0.0);
+        if common > 0 {
+            (ks.attn_values_f16_multi)(
+                scores,
+                longest,
+                m,
+                common,
+                &job.v_cache[kv_off..],
+                kv_stride,
+                0,
+                lanes,
+            );
+        }
+        for (j, dst) in dsts.iter_mut().enumerate() {
+            let v = &vis[j / n_heads_here];
+            let sc = &scores[j * longest..j * longest + v.prefix_len + v.extra.len()];
+            let lj = &mut lanes[j * per..(j + 1) * per];
+            if v.prefix_len > common {
+                (ks.attn_values_f16)(
+                    &sc[common..v.prefix_len],
+                    &job.v_cache[common * kv_stride + kv_off..],
+                    kv_stride,
+                    common,
+                    lj,
+                );
+            }
+            for (&p, &t) in sc[v.prefix_len..].iter().zip(v.extra) {
+                let lane = t as usize % LANES;
+                (ks.axpy_f16_f32)(
+                    p,
+                    &job.v_cache[key_of(t as usize)],
+                    &mut lj[lane * head_dim..(lane + 1) * head_dim],
+                );
+            }
+            reduce_lanes(lj, head_dim, dst);
         }
     });
 }
 
-/// The rest of one row after its scores: softmax, then the value sum into `acc`.
-#[allow(clippy::too_many_arguments)]
-fn softmax_and_values(
-    ks: &KernelSet,
-    vis: &RowVisibility,
-    scores: &mut [f32],
-    v_cache: &[f16],
-    kv_stride: usize,
-    kv_off: usize,
-    lanes: &mut Vec<f32>,
-    acc: &mut [f32],
-) {
-    acc.fill(0.0);
+/// A row's scores in place → probabilities: `ggml_v_expf(s - max)`, summed
+/// per 16-slot chunk of the KV cache in `hsum16` order with the chunk sums
+/// added in f64, then `e · (1/sum)` rounded to f16.
+fn softmax(ks: &KernelSet, vis: &RowVisibility, scores: &mut [f32]) {
     if scores.is_empty() {
         return;
     }
-    let head_dim = acc.len();
     let prefix = vis.prefix_len;
     let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
     for s in scores.iter_mut() {
@@ -359,23 +429,12 @@ fn softmax_and_values(
         sum += crate::scalar::hsum16(&chunk) as f64;
     }
     (ks.scale_round_f16)((1.0 / sum) as f32, scores);
-    lanes.clear();
-    lanes.resize(LANES * head_dim, 0.0);
-    if prefix > 0 {
-        (ks.attn_values_f16)(&scores[..prefix], &v_cache[kv_off..], kv_stride, 0, lanes);
-    }
-    for (&p, &t) in scores[prefix..].iter().zip(vis.extra) {
-        let lane = t as usize % LANES;
-        let base = t as usize * kv_stride + kv_off;
-        (ks.axpy_f16_f32)(
-            p,
-            &v_cache[base..base + head_dim],
-            &mut lanes[lane * head_dim..(lane + 1) * head_dim],
-        );
-    }
-    // `hsum16` over the 16 lanes of every output value, written as
-    // element-wise adds of whole lane rows (the same tree per value) so
-    // it vectorizes across `head_dim`.
+}
+
+/// `hsum16` over the 16 lanes (`16 × head_dim`) of every output value,
+/// written as element-wise adds of whole lane rows (the same tree per
+/// value) so it vectorizes across `head_dim`.
+fn reduce_lanes(lanes: &mut [f32], head_dim: usize, acc: &mut [f32]) {
     let (lo, hi) = lanes.split_at_mut(8 * head_dim);
     for (l, h) in lo.iter_mut().zip(hi.iter()) {
         *l += *h; // t[k] = a[k] + a[k + 8]
@@ -390,14 +449,14 @@ fn softmax_and_values(
     }
 }
 
-/// Per-thread buffers of [`attend_rows`].
+/// Per-thread buffers of [`attend_group`].
 #[derive(Default)]
 struct Scratch {
     /// The task's queries rounded to f16 (held as f32), row after row.
     q16: Vec<f32>,
     /// Scores, then exps, of the visible slots, one stretch per row.
     scores: Vec<f32>,
-    /// `16 × head_dim` per-lane partial outputs.
+    /// `16 × head_dim` per-lane partial outputs of each query.
     lanes: Vec<f32>,
 }
 

@@ -85,6 +85,10 @@ impl fmt::Display for Tier {
 /// [`scalar::scalar_attn_scores_f16_multi`].
 pub type AttnScoresMulti = fn(&[f32], usize, &[f16], usize, f32, usize, &mut [f32], usize);
 
+/// `(p, p_stride, m, n, v, stride, first, lanes)`: see
+/// [`scalar::scalar_attn_values_f16_multi`].
+pub type AttnValuesMulti = fn(&[f32], usize, usize, usize, &[f16], usize, usize, &mut [f32]);
+
 /// The kernels of one tier, as plain function pointers.
 ///
 /// All quantized dots take a weight row first and an activation row second,
@@ -138,6 +142,10 @@ pub struct KernelSet {
     /// (see [`scalar::scalar_attn_scores_f16_multi`]; bitwise equal to it):
     /// the keys are converted once for all queries.
     pub attn_scores_f16_multi: AttnScoresMulti,
+    /// Value accumulation of several queries over the same consecutive KV
+    /// slots (see [`scalar::scalar_attn_values_f16_multi`]; bitwise equal
+    /// to it): the values are converted once for all queries.
+    pub attn_values_f16_multi: AttnValuesMulti,
     /// Attention value accumulation into 16 lanes (see
     /// [`scalar::scalar_attn_values_f16`]; bitwise equal to it).
     pub attn_values_f16: fn(&[f32], &[f16], usize, usize, &mut [f32]),
@@ -174,6 +182,7 @@ pub(crate) const SCALAR_KERNELS: KernelSet = KernelSet {
     attn_scores_f16: scalar::scalar_attn_scores_f16,
     attn_values_f16: scalar::scalar_attn_values_f16,
     attn_scores_f16_multi: scalar::scalar_attn_scores_f16_multi,
+    attn_values_f16_multi: scalar::scalar_attn_values_f16_multi,
     prefers_repacked: false,
     gemm_q4_0_x8: repack::scalar_gemm_q4_0_x8,
     gemm_q4_1_x8: repack::scalar_gemm_q4_1_x8,

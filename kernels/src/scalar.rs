@@ -260,7 +260,13 @@ pub fn scalar_silu_mul_f32(gate: &[f32], up: &[f32], out: &mut [f32]) {
 ///
 /// # Panics
 /// If `k` is too short for the last slot.
-pub fn scalar_attn_scores_f16(q16: &[f32], k: &[f16], stride: usize, scale: f32, scores: &mut [f32]) {
+pub fn scalar_attn_scores_f16(
+    q16: &[f32],
+    k: &[f16],
+    stride: usize,
+    scale: f32,
+    scores: &mut [f32],
+) {
     let hd = q16.len();
     for (i, s) in scores.iter_mut().enumerate() {
         *s = scalar_dot_f16_f32(&k[i * stride..i * stride + hd], q16) * scale;
@@ -276,8 +282,17 @@ pub fn scalar_attn_scores_f16(q16: &[f32], k: &[f16], stride: usize, scale: f32,
 ///
 /// # Panics
 /// If `lanes.len()` is not a multiple of 16 or `v` is too short.
-pub fn scalar_attn_values_f16(p: &[f32], v: &[f16], stride: usize, first: usize, lanes: &mut [f32]) {
-    assert!(lanes.len().is_multiple_of(16), "attn_values: lanes must be 16 × head_dim");
+pub fn scalar_attn_values_f16(
+    p: &[f32],
+    v: &[f16],
+    stride: usize,
+    first: usize,
+    lanes: &mut [f32],
+) {
+    assert!(
+        lanes.len().is_multiple_of(16),
+        "attn_values: lanes must be 16 × head_dim"
+    );
     let hd = lanes.len() / 16;
     for (i, &w) in p.iter().enumerate() {
         let lane = (first + i) % 16;
@@ -310,7 +325,10 @@ pub fn scalar_attn_scores_f16_multi(
     if m == 0 {
         return;
     }
-    assert!(q16.len().is_multiple_of(m), "attn_scores_multi: q16 is not m rows");
+    assert!(
+        q16.len().is_multiple_of(m),
+        "attn_scores_multi: q16 is not m rows"
+    );
     let hd = q16.len() / m;
     for j in 0..m {
         scalar_attn_scores_f16(
@@ -319,6 +337,44 @@ pub fn scalar_attn_scores_f16_multi(
             stride,
             scale,
             &mut scores[j * scores_stride..j * scores_stride + n],
+        );
+    }
+}
+
+/// Value accumulation of `m` queries over the same `n` consecutive KV slots
+/// from slot `first`, as `m` calls of [`scalar_attn_values_f16`]: query
+/// `j`'s weights are `p[j * p_stride..][..n]` and its lanes
+/// `lanes[j * 16 * head_dim..][..16 * head_dim]`.
+///
+/// # Panics
+/// If `lanes.len()` is not `m · 16 · head_dim` for some `head_dim`, or a
+/// slice is too short.
+#[allow(clippy::too_many_arguments)]
+pub fn scalar_attn_values_f16_multi(
+    p: &[f32],
+    p_stride: usize,
+    m: usize,
+    n: usize,
+    v: &[f16],
+    stride: usize,
+    first: usize,
+    lanes: &mut [f32],
+) {
+    if m == 0 {
+        return;
+    }
+    assert!(
+        lanes.len().is_multiple_of(16 * m),
+        "attn_values_multi: lanes are not m × 16 × head_dim"
+    );
+    let per = lanes.len() / m;
+    for j in 0..m {
+        scalar_attn_values_f16(
+            &p[j * p_stride..j * p_stride + n],
+            v,
+            stride,
+            first,
+            &mut lanes[j * per..(j + 1) * per],
         );
     }
 }

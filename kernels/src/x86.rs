@@ -62,6 +62,7 @@ pub(crate) fn avx2_kernel_set() -> KernelSet {
         attn_scores_f16: crate::scalar::scalar_attn_scores_f16,
         attn_values_f16: crate::scalar::scalar_attn_values_f16,
         attn_scores_f16_multi: crate::scalar::scalar_attn_scores_f16_multi,
+        attn_values_f16_multi: crate::scalar::scalar_attn_values_f16_multi,
         prefers_repacked: true,
         gemm_q4_0_x8: crate::x86_repack::avx2_gemm_q4_0_x8,
         gemm_q4_1_x8: crate::x86_repack::avx2_gemm_q4_1_x8,
@@ -90,6 +91,7 @@ pub(crate) fn avx512vnni_kernel_set() -> KernelSet {
         attn_scores_f16: avx512_attn_scores_f16,
         attn_values_f16: avx512_attn_values_f16,
         attn_scores_f16_multi: avx512_attn_scores_f16_multi,
+        attn_values_f16_multi: avx512_attn_values_f16_multi,
         prefers_repacked: true,
         gemm_q4_0_x8: crate::x86_repack::avx512vnni_gemm_q4_0_x8,
         gemm_q4_1_x8: crate::x86_repack::avx512vnni_gemm_q4_1_x8,
@@ -973,7 +975,10 @@ fn avx512_attn_values_f16(p: &[f32], v: &[f16], stride: usize, first: usize, lan
     );
     let hd = lanes.len() / 16;
     if let Some(last) = p.len().checked_sub(1) {
-        assert!(v.len() >= last * stride + hd, "attn_values: value cache too short");
+        assert!(
+            v.len() >= last * stride + hd,
+            "attn_values: value cache too short"
+        );
     }
     // Slots before the first multiple of 16, and all of them when the head
     // does not fill whole registers, go one by one.
@@ -984,7 +989,11 @@ fn avx512_attn_values_f16(p: &[f32], v: &[f16], stride: usize, first: usize, lan
     };
     let one = |i: usize, lanes: &mut [f32]| {
         let lane = (first + i) % 16;
-        avx512_axpy_f16_f32(p[i], &v[i * stride..i * stride + hd], &mut lanes[lane * hd..(lane + 1) * hd]);
+        avx512_axpy_f16_f32(
+            p[i],
+            &v[i * stride..i * stride + hd],
+            &mut lanes[lane * hd..(lane + 1) * hd],
+        );
     };
     for i in 0..head {
         one(i, lanes);
@@ -994,7 +1003,14 @@ fn avx512_attn_values_f16(p: &[f32], v: &[f16], stride: usize, first: usize, lan
         // SAFETY: only installed in the AVX-512 KernelSet; `head + 16 · blocks`
         // slots are in bounds (checked above), `hd` is a multiple of 16, and
         // slot `first + head` sits in lane 0.
-        unsafe { avx512_attn_values_f16_impl(&p[head..head + 16 * blocks], &v[head * stride..], stride, lanes) };
+        unsafe {
+            avx512_attn_values_f16_impl(
+                &p[head..head + 16 * blocks],
+                &v[head * stride..],
+                stride,
+                lanes,
+            )
+        };
     }
     for i in head + 16 * blocks..p.len() {
         one(i, lanes);
@@ -1085,11 +1101,20 @@ fn avx512_attn_scores_f16_multi(
     if m == 0 {
         return;
     }
-    assert!(q16.len().is_multiple_of(m), "attn_scores_multi: q16 is not m rows");
+    assert!(
+        q16.len().is_multiple_of(m),
+        "attn_scores_multi: q16 is not m rows"
+    );
     let hd = q16.len() / m;
     if n > 0 {
-        assert!(k.len() >= (n - 1) * stride + hd, "attn_scores_multi: key cache too short");
-        assert!(scores.len() >= (m - 1) * scores_stride + n, "attn_scores_multi: scores too short");
+        assert!(
+            k.len() >= (n - 1) * stride + hd,
+            "attn_scores_multi: key cache too short"
+        );
+        assert!(
+            scores.len() >= (m - 1) * scores_stride + n,
+            "attn_scores_multi: scores too short"
+        );
     }
     if m == 1 || hd == 0 || !hd.is_multiple_of(16) || hd > MULTI_MAX_HEAD_DIM {
         for j in 0..m {
@@ -1165,8 +1190,149 @@ unsafe fn avx512_attn_scores_f16_multi_impl(
             let dst = &mut scores[j * scores_stride + i..j * scores_stride + n];
             // SAFETY: the caller's contract (bounds and CPU features).
             unsafe {
-                avx512_attn_scores_f16_impl(&q16[j * hd..(j + 1) * hd], &k[i * stride..], stride, scale, dst)
+                avx512_attn_scores_f16_impl(
+                    &q16[j * hd..(j + 1) * hd],
+                    &k[i * stride..],
+                    stride,
+                    scale,
+                    dst,
+                )
             };
+        }
+    }
+}
+
+/// Slots whose values one pass of the multi-query value kernel converts (a
+/// 16 KiB buffer of one 16-value column per slot).
+const VALUES_BLOCK: usize = 256;
+
+#[allow(clippy::too_many_arguments)]
+fn avx512_attn_values_f16_multi(
+    p: &[f32],
+    p_stride: usize,
+    m: usize,
+    n: usize,
+    v: &[f16],
+    stride: usize,
+    first: usize,
+    lanes: &mut [f32],
+) {
+    if m == 0 {
+        return;
+    }
+    assert!(
+        lanes.len().is_multiple_of(16 * m),
+        "attn_values_multi: lanes are not m × 16 × head_dim"
+    );
+    let per = lanes.len() / m;
+    let hd = per / 16;
+    if n > 0 {
+        assert!(
+            v.len() >= (n - 1) * stride + hd,
+            "attn_values_multi: value cache too short"
+        );
+        assert!(
+            p.len() >= (m - 1) * p_stride + n,
+            "attn_values_multi: weights too short"
+        );
+    }
+    // Slots before lane 0, slots after the last whole 16, and heads that
+    // do not fill registers go through the one-query kernel.
+    let head = if hd.is_multiple_of(16) && hd > 0 && m > 1 {
+        ((16 - first % 16) % 16).min(n)
+    } else {
+        n
+    };
+    let main = (n - head) / 16 * 16;
+    let tail = head + main;
+    for j in 0..m {
+        let lj = &mut lanes[j * per..(j + 1) * per];
+        avx512_attn_values_f16(&p[j * p_stride..j * p_stride + head], v, stride, first, lj);
+    }
+    if main > 0 {
+        // SAFETY: only installed in the AVX-512 KernelSet; slots
+        // `head..tail` are in bounds (checked above), start at lane 0, and
+        // `hd` is a positive multiple of 16.
+        unsafe {
+            avx512_attn_values_f16_multi_impl(
+                &p[head..],
+                p_stride,
+                m,
+                main,
+                &v[head * stride..],
+                stride,
+                lanes,
+            )
+        };
+    }
+    if tail < n {
+        for j in 0..m {
+            let lj = &mut lanes[j * per..(j + 1) * per];
+            avx512_attn_values_f16(
+                &p[j * p_stride + tail..j * p_stride + n],
+                &v[tail * stride..],
+                stride,
+                first + tail,
+                lj,
+            );
+        }
+    }
+}
+
+/// Per 16-value column and block of slots: converts the values once, then
+/// runs every query's sixteen lane accumulators over them (slot `16b + s`
+/// into lane `s`, in slot order, as the one-query kernel).
+///
+/// # Safety
+/// The CPU must support AVX-512 F, AVX2, FMA and F16C; `n` is a multiple
+/// of 16; `v` holds `n` slots; `lanes` is `m × 16 × hd` with `hd` a
+/// positive multiple of 16; `p` holds `m` rows of `p_stride` covering `n`.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+unsafe fn avx512_attn_values_f16_multi_impl(
+    p: &[f32],
+    p_stride: usize,
+    m: usize,
+    n: usize,
+    v: &[f16],
+    stride: usize,
+    lanes: &mut [f32],
+) {
+    let per = lanes.len() / m;
+    let hd = per / 16;
+    let mut vals = [0.0f32; 16 * VALUES_BLOCK];
+    for c in (0..hd).step_by(16) {
+        for b0 in (0..n).step_by(VALUES_BLOCK) {
+            let nb = (n - b0).min(VALUES_BLOCK);
+            for s in 0..nb {
+                // SAFETY: slot `b0 + s < n` is in bounds; `vals` holds
+                // `VALUES_BLOCK` columns of 16.
+                unsafe {
+                    let x = _mm512_cvtph_ps(_mm256_loadu_si256(
+                        v.as_ptr().add((b0 + s) * stride + c).cast(),
+                    ));
+                    _mm512_storeu_ps(vals.as_mut_ptr().add(16 * s), x);
+                }
+            }
+            for j in 0..m {
+                let base = j * per + c;
+                // SAFETY: lane `l`'s elements `c..c + 16` of query `j` are in `lanes`.
+                let mut acc: [__m512; 16] = core::array::from_fn(|l| unsafe {
+                    _mm512_loadu_ps(lanes.as_ptr().add(base + l * hd))
+                });
+                let pj = &p[j * p_stride + b0..j * p_stride + b0 + nb];
+                for (g, pg) in pj.chunks_exact(16).enumerate() {
+                    for (s, a) in acc.iter_mut().enumerate() {
+                        // SAFETY: slot `16g + s < nb` was converted above.
+                        let x = unsafe { _mm512_loadu_ps(vals.as_ptr().add(16 * (16 * g + s))) };
+                        *a = _mm512_fmadd_ps(_mm512_set1_ps(pg[s]), x, *a);
+                    }
+                }
+                for (l, a) in acc.iter().enumerate() {
+                    // SAFETY: as the loads above.
+                    unsafe { _mm512_storeu_ps(lanes.as_mut_ptr().add(base + l * hd), *a) };
+                }
+            }
         }
     }
 }

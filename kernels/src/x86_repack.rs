@@ -28,7 +28,9 @@ const PREFETCH_BYTES: usize = 8192;
 /// computed with wrapping arithmetic).
 #[inline(always)]
 fn prefetch_ahead<T>(block: &T) {
-    let p = (block as *const T).cast::<i8>().wrapping_add(PREFETCH_BYTES);
+    let p = (block as *const T)
+        .cast::<i8>()
+        .wrapping_add(PREFETCH_BYTES);
     for line in (0..core::mem::size_of::<T>()).step_by(64) {
         // SAFETY: `_mm_prefetch` is a hint that never faults, on any address.
         unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(line)) };

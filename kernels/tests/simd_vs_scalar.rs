@@ -375,6 +375,14 @@ fn check_attn(tier: Tier, n: usize, hd_chunks: usize, first: usize, seed: u64) {
     for (g, w) in got.iter().zip(&want) {
         assert_bits("attn_scores_f16_multi", *g, *w);
     }
+    let pm: Vec<f32> = rng.vec(m * (n + 3), |r| r.unit().abs());
+    let init: Vec<f32> = rng.vec(m * 16 * hd, |r| r.unit());
+    let (mut got, mut want) = (init.clone(), init);
+    (ks.attn_values_f16_multi)(&pm, n + 3, m, n, &v[off..], stride, first, &mut got);
+    scalar_attn_values_f16_multi(&pm, n + 3, m, n, &v[off..], stride, first, &mut want);
+    for (g, w) in got.iter().zip(&want) {
+        assert_bits("attn_values_f16_multi", *g, *w);
+    }
     let p: Vec<f32> = rng.vec(n, |r| r.unit().abs());
     let init: Vec<f32> = rng.vec(16 * hd, |r| r.unit());
     let (mut got, mut want) = (init.clone(), init);
@@ -405,7 +413,7 @@ macro_rules! simd_twin_tests {
                 #[test] fn scale_round_f16(len in 0usize..300, seed in any::<u64>()) { check_scale_round_f16(TIER, len, seed) }
                 #[test] fn exp_f32(len in 0usize..300, seed in any::<u64>()) { check_exp_f32(TIER, len, seed) }
                 #[test] fn silu_mul_f32(len in 0usize..300, seed in any::<u64>()) { check_silu_mul_f32(TIER, len, seed) }
-                #[test] fn attn_f16(n in 0usize..80, hd_chunks in 0usize..5, first in 0usize..40, seed in any::<u64>()) { check_attn(TIER, n, hd_chunks, first, seed) }
+                #[test] fn attn_f16(n in 0usize..600, hd_chunks in 0usize..5, first in 0usize..40, seed in any::<u64>()) { check_attn(TIER, n, hd_chunks, first, seed) }
                 #[test] fn gemm_q4_0_x8(nb in 0usize..40, n in 1usize..10, seed in any::<u64>()) { check_gemm_q4_0_x8(TIER, nb, n, seed) }
                 #[test] fn gemm_q4_1_x8(nb in 0usize..40, n in 1usize..10, seed in any::<u64>()) { check_gemm_q4_1_x8(TIER, nb, n, seed) }
                 #[test] fn gemm_q8_0_x8(nb in 0usize..40, n in 1usize..10, seed in any::<u64>()) { check_gemm_q8_0_x8(TIER, nb, n, seed) }

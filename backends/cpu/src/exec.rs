@@ -79,10 +79,23 @@ struct OpScratch {
     visible_ranges: Vec<(usize, usize, usize)>,
 }
 
-/// Query heads of an attention op (0 for other ops).
-fn op_heads(op: &Op) -> usize {
+/// Tasks of attention op `op` over `n_rows` rows (0 for other ops).
+fn attention_tasks(op: &Op, n_rows: usize) -> usize {
     match *op {
-        Op::Attention { n_heads, .. } => n_heads,
+        Op::Attention {
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            ..
+        } => AttentionJob::task_count(
+            n_rows,
+            &AttentionShape {
+                n_heads,
+                n_kv_heads,
+                head_dim,
+                scale: 1.0,
+            },
+        ),
         _ => 0,
     }
 }
@@ -718,10 +731,7 @@ impl TeamRun<'_> {
                         index,
                         |scratch| {
                             exe.prepare_attention(mem, op, params, scratch)?;
-                            work.reset(AttentionJob::task_count(
-                                scratch.visible_ranges.len(),
-                                op_heads(op),
-                            ));
+                            work.reset(attention_tasks(op, scratch.visible_ranges.len()));
                             Ok(())
                         },
                         Some(&|scratch| {
@@ -1139,10 +1149,7 @@ impl CpuExecutable {
                 // Normally a phase of its own; here on this thread alone.
                 self.prepare_attention(mem, op, params, scratch)?;
                 let work = WorkSplit::new(1);
-                work.reset(AttentionJob::task_count(
-                    scratch.visible_ranges.len(),
-                    op_heads(op),
-                ));
+                work.reset(attention_tasks(op, scratch.visible_ranges.len()));
                 self.run_attention_tasks(mem, op, params, scratch, &work, 0)?;
             }
             Op::SiluMul { gate, up, out } => {

@@ -94,6 +94,12 @@ impl CpuBackend {
     pub fn threads(&self) -> usize {
         self.pool.current_num_threads()
     }
+
+    /// Weights this backend holds in a repacked copy of its own (its
+    /// matmuls never read their original bytes).
+    pub fn repacked_weights(&self) -> Vec<String> {
+        self.repacked.names()
+    }
 }
 
 impl Backend for CpuBackend {

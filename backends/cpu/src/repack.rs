@@ -53,6 +53,15 @@ impl RepackCache {
         Ok(bytes)
     }
 
+    /// Names of the weights held repacked.
+    pub fn names(&self) -> Vec<String> {
+        let map = self
+            .map
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        map.keys().cloned().collect()
+    }
+
     /// Bytes held by repacked weights.
     pub fn bytes(&self) -> usize {
         let map = self

@@ -615,6 +615,45 @@ impl GgufFile {
         self.header.version
     }
 
+    /// Drops this process's resident copy of tensor `name`'s bytes (the
+    /// whole pages inside them) when the file is memory-mapped; a later read
+    /// pages them back in from the file. The engine calls it for weights a
+    /// backend keeps in a repacked copy, so the model is not resident twice.
+    /// Returns the bytes released (0 for an in-memory file, an unknown
+    /// tensor, or when the OS declines).
+    pub fn release_tensor_pages(&self, name: &str) -> usize {
+        let Storage::Mapped(map) = &self.storage else {
+            return 0;
+        };
+        let Some(t) = self.tensor(name) else {
+            return 0;
+        };
+        let Some(start) = usize::try_from(self.header.data_offset.saturating_add(t.offset)).ok()
+        else {
+            return 0;
+        };
+        let end = start.saturating_add(usize::try_from(t.n_bytes).unwrap_or(0));
+        let page = 4096;
+        let base = map.as_ptr() as usize;
+        // Only whole pages inside the tensor, so no neighbour is touched.
+        let first = (base + start).div_ceil(page) * page - base;
+        let last = ((base + end.min(map.len())) / page) * page - base;
+        if last <= first {
+            return 0;
+        }
+        // SAFETY: the mapping is read-only and private, so its pages are
+        // never modified: MADV_DONTNEED only drops them from this process,
+        // and the next access reads the same bytes from the file again.
+        let advised = unsafe {
+            map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, first, last - first)
+        };
+        if advised.is_ok() {
+            last - first
+        } else {
+            0
+        }
+    }
+
     /// The alignment of the data section and of each tensor's data.
     pub fn alignment(&self) -> u64 {
         self.header.alignment
