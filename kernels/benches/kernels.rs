@@ -445,6 +445,27 @@ fn attn(c: &mut Criterion) {
             })
         });
     }
+    g.throughput(Throughput::Elements(m as u64 * flops_one));
+    for ks in kernel_sets() {
+        let f = black_box(ks.attn_values_f16_multi);
+        let pm: Vec<f32> = (0..m).flat_map(|_| p.iter().copied()).collect();
+        let mut lanes = vec![0.0f32; m * 16 * HEAD_DIM];
+        g.bench_function(format!("values_f16_multi/m={m}/{}", ks.tier), |b| {
+            b.iter(|| {
+                f(
+                    black_box(&pm),
+                    SLOTS,
+                    m,
+                    SLOTS,
+                    black_box(&v),
+                    KV_STRIDE,
+                    0,
+                    &mut lanes,
+                );
+                black_box(&mut lanes);
+            })
+        });
+    }
     g.throughput(Throughput::Elements(flops_one));
     for ks in kernel_sets() {
         let f = black_box(ks.attn_values_f16);

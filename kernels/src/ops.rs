@@ -58,13 +58,7 @@ pub fn rope_norm_inplace(
     pos: i32,
     theta_base: f32,
 ) -> Result<(), Error> {
-    if !head_dim.is_multiple_of(2) {
-        return Err(Error::NotMultiple {
-            what: "head_dim",
-            multiple_of: 2,
-            got: head_dim,
-        });
-    }
+    check_even_head_dim(head_dim)?;
     crate::check_len(
         "x.len() (n_heads * head_dim)",
         n_heads.saturating_mul(head_dim),
@@ -146,4 +140,72 @@ pub fn argmax(x: &[f32]) -> usize {
         }
     }
     best
+}
+
+/// The `(sin, cos)` of every dimension pair of a head at position `pos`,
+/// exactly as [`rope_norm_inplace`] computes them (`theta` from `pos`, times
+/// `theta_base^(-2/head_dim)` per pair). The angles depend only on the
+/// position, so a caller that rotates many tensors at the same positions
+/// (every layer's Q and K) computes them once.
+///
+/// Returns an error if `head_dim` is odd or `out.len() != head_dim / 2`.
+pub fn rope_angles(
+    pos: i32,
+    head_dim: usize,
+    theta_base: f32,
+    out: &mut [(f32, f32)],
+) -> Result<(), Error> {
+    check_even_head_dim(head_dim)?;
+    crate::check_len("angles (head_dim / 2)", head_dim / 2, out.len())?;
+    if head_dim == 0 {
+        return Ok(());
+    }
+    let theta_scale = theta_base.powf(-2.0 / head_dim as f32);
+    let mut theta = pos as f32;
+    for a in out.iter_mut() {
+        *a = theta.sin_cos();
+        theta *= theta_scale;
+    }
+    Ok(())
+}
+
+/// [`rope_norm_inplace`] with angles from [`rope_angles`] (bitwise equal).
+///
+/// Returns an error if `x.len() != n_heads * head_dim` or the angles do not
+/// cover `head_dim / 2` pairs.
+pub fn rope_norm_with_angles(
+    x: &mut [f32],
+    n_heads: usize,
+    head_dim: usize,
+    angles: &[(f32, f32)],
+) -> Result<(), Error> {
+    crate::check_len(
+        "x.len() (n_heads * head_dim)",
+        n_heads.saturating_mul(head_dim),
+        x.len(),
+    )?;
+    crate::check_len("angles (head_dim / 2)", head_dim / 2, angles.len())?;
+    if head_dim == 0 {
+        return Ok(());
+    }
+    for head in x.chunks_exact_mut(head_dim) {
+        for (pair, &(sin_t, cos_t)) in head.chunks_exact_mut(2).zip(angles) {
+            let (x0, x1) = (pair[0], pair[1]);
+            pair[0] = x0.mul_add(cos_t, -(x1 * sin_t));
+            pair[1] = x0.mul_add(sin_t, x1 * cos_t);
+        }
+    }
+    Ok(())
+}
+
+fn check_even_head_dim(head_dim: usize) -> Result<(), Error> {
+    if head_dim.is_multiple_of(2) {
+        Ok(())
+    } else {
+        Err(Error::NotMultiple {
+            what: "head_dim",
+            multiple_of: 2,
+            got: head_dim,
+        })
+    }
 }

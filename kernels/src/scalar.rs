@@ -322,6 +322,32 @@ pub fn scalar_attn_scores_f16_multi(
     scores: &mut [f32],
     scores_stride: usize,
 ) {
+    scores_per_query(
+        scalar_attn_scores_f16,
+        q16,
+        m,
+        k,
+        stride,
+        scale,
+        n,
+        scores,
+        scores_stride,
+    );
+}
+
+/// `m` calls of a one-query score kernel, the multi-query kernels' shape.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn scores_per_query(
+    one: fn(&[f32], &[f16], usize, f32, &mut [f32]),
+    q16: &[f32],
+    m: usize,
+    k: &[f16],
+    stride: usize,
+    scale: f32,
+    n: usize,
+    scores: &mut [f32],
+    scores_stride: usize,
+) {
     if m == 0 {
         return;
     }
@@ -331,7 +357,7 @@ pub fn scalar_attn_scores_f16_multi(
     );
     let hd = q16.len() / m;
     for j in 0..m {
-        scalar_attn_scores_f16(
+        one(
             &q16[j * hd..(j + 1) * hd],
             k,
             stride,

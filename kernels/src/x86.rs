@@ -956,10 +956,9 @@ unsafe fn avx512_attn_scores_f16_impl(
                 *a = _mm512_fmadd_ps(kv, qv, *a);
             }
         }
-        let sums = hsum16_x16(&acc);
-        for (s, &v) in scores[i..i + 16].iter_mut().zip(&sums) {
-            *s = v * scale;
-        }
+        let sums = _mm512_mul_ps(hsum16_x16(&acc), _mm512_set1_ps(scale));
+        // SAFETY: `i + 16 <= n = scores.len()`.
+        unsafe { _mm512_storeu_ps(scores.as_mut_ptr().add(i), sums) };
         i += 16;
     }
     for (j, s) in scores.iter_mut().enumerate().skip(i) {
@@ -1054,7 +1053,7 @@ unsafe fn avx512_attn_values_f16_impl(p: &[f32], v: &[f16], stride: usize, lanes
 /// t[j], then (u0 + u2) + (u1 + u3).
 #[inline]
 #[target_feature(enable = "avx512f")]
-fn hsum16_x16(acc: &[__m512; 16]) -> [f32; 16] {
+fn hsum16_x16(acc: &[__m512; 16]) -> __m512 {
     let t: [__m512; 8] = core::array::from_fn(|p| {
         let (a, b) = (acc[2 * p], acc[2 * p + 1]);
         _mm512_add_ps(
@@ -1069,24 +1068,21 @@ fn hsum16_x16(acc: &[__m512; 16]) -> [f32; 16] {
             _mm512_shuffle_f32x4::<0b10_00_10_00>(a, b),
         )
     });
-    let mut out = [0.0f32; 16];
-    for (p, &up) in u.iter().enumerate() {
+    let w = u.map(|up| {
         let v = _mm512_add_ps(up, _mm512_permute_ps::<0b01_00_11_10>(up));
-        let w = _mm512_add_ps(v, _mm512_permute_ps::<0b00_00_00_01>(v));
-        let mut lanes = [0.0f32; 16];
-        // SAFETY: `lanes` is 64 writable bytes.
-        unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), w) };
-        for q in 0..4 {
-            out[4 * p + q] = lanes[4 * q];
-        }
-    }
-    out
+        _mm512_add_ps(v, _mm512_permute_ps::<0b00_00_00_01>(v))
+    });
+    // Lanes 0, 4, 8, 12 of w[0..4] hold sums 0..16 in order.
+    let pick = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 4, 8, 12, 16, 20, 24, 28);
+    let lo = _mm512_permutex2var_ps(w[0], pick, w[1]);
+    let hi = _mm512_permutex2var_ps(w[2], pick, w[3]);
+    _mm512_shuffle_f32x4::<0b01_00_01_00>(lo, hi)
 }
 
-/// Keys converted per block of 16 slots for all queries: at most this many
-/// values per slot (a 16 KiB stack buffer).
-const MULTI_MAX_HEAD_DIM: usize = 256;
-
+/// Several queries against the same keys, one at a time: measured on Zen 4,
+/// each key conversion feeding its FMA directly beats converting the keys
+/// once into a buffer and reading them back per query (85 vs 61 GFLOP/s at
+/// four queries).
 #[allow(clippy::too_many_arguments)]
 fn avx512_attn_scores_f16_multi(
     q16: &[f32],
@@ -1098,113 +1094,25 @@ fn avx512_attn_scores_f16_multi(
     scores: &mut [f32],
     scores_stride: usize,
 ) {
-    if m == 0 {
-        return;
-    }
-    assert!(
-        q16.len().is_multiple_of(m),
-        "attn_scores_multi: q16 is not m rows"
+    crate::scalar::scores_per_query(
+        avx512_attn_scores_f16,
+        q16,
+        m,
+        k,
+        stride,
+        scale,
+        n,
+        scores,
+        scores_stride,
     );
-    let hd = q16.len() / m;
-    if n > 0 {
-        assert!(
-            k.len() >= (n - 1) * stride + hd,
-            "attn_scores_multi: key cache too short"
-        );
-        assert!(
-            scores.len() >= (m - 1) * scores_stride + n,
-            "attn_scores_multi: scores too short"
-        );
-    }
-    if m == 1 || hd == 0 || !hd.is_multiple_of(16) || hd > MULTI_MAX_HEAD_DIM {
-        for j in 0..m {
-            avx512_attn_scores_f16(
-                &q16[j * hd..(j + 1) * hd],
-                k,
-                stride,
-                scale,
-                &mut scores[j * scores_stride..j * scores_stride + n],
-            );
-        }
-        return;
-    }
-    // SAFETY: only installed in the AVX-512 KernelSet; bounds checked above.
-    unsafe { avx512_attn_scores_f16_multi_impl(q16, m, k, stride, scale, n, scores, scores_stride) }
-}
-
-/// # Safety
-/// The CPU must support AVX-512 F, AVX2, FMA and F16C; `q16.len() = m · hd`
-/// with `hd` a multiple of 16 and at most [`MULTI_MAX_HEAD_DIM`]; `k` holds
-/// `n` slots and `scores` `m` rows of `scores_stride`.
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx512f,avx2,fma,f16c")]
-unsafe fn avx512_attn_scores_f16_multi_impl(
-    q16: &[f32],
-    m: usize,
-    k: &[f16],
-    stride: usize,
-    scale: f32,
-    n: usize,
-    scores: &mut [f32],
-    scores_stride: usize,
-) {
-    let hd = q16.len() / m;
-    let mut keys = [0.0f32; 16 * MULTI_MAX_HEAD_DIM];
-    let mut i = 0;
-    while i + 16 <= n {
-        for s in 0..16 {
-            for c in (0..hd).step_by(16) {
-                // SAFETY: slot `i + s` is in bounds (caller); `keys` has room
-                // for 16 slots of `hd <= MULTI_MAX_HEAD_DIM` values.
-                unsafe {
-                    let kv = _mm512_cvtph_ps(_mm256_loadu_si256(
-                        k.as_ptr().add((i + s) * stride + c).cast(),
-                    ));
-                    _mm512_storeu_ps(keys.as_mut_ptr().add(s * hd + c), kv);
-                }
-            }
-        }
-        for j in 0..m {
-            let q = &q16[j * hd..(j + 1) * hd];
-            let mut acc = [_mm512_setzero_ps(); 16];
-            for c in (0..hd).step_by(16) {
-                // SAFETY: `c + 16 <= hd`.
-                let qv = unsafe { _mm512_loadu_ps(q.as_ptr().add(c)) };
-                for (s, a) in acc.iter_mut().enumerate() {
-                    // SAFETY: inside the converted keys.
-                    let kv = unsafe { _mm512_loadu_ps(keys.as_ptr().add(s * hd + c)) };
-                    // The same FMA (key × query + lane) as the one-query kernel.
-                    *a = _mm512_fmadd_ps(kv, qv, *a);
-                }
-            }
-            let sums = hsum16_x16(&acc);
-            let row = &mut scores[j * scores_stride + i..j * scores_stride + i + 16];
-            for (dst, &v) in row.iter_mut().zip(&sums) {
-                *dst = v * scale;
-            }
-        }
-        i += 16;
-    }
-    if i < n {
-        for j in 0..m {
-            let dst = &mut scores[j * scores_stride + i..j * scores_stride + n];
-            // SAFETY: the caller's contract (bounds and CPU features).
-            unsafe {
-                avx512_attn_scores_f16_impl(
-                    &q16[j * hd..(j + 1) * hd],
-                    &k[i * stride..],
-                    stride,
-                    scale,
-                    dst,
-                )
-            };
-        }
-    }
 }
 
 /// Slots whose values one pass of the multi-query value kernel converts (a
-/// 16 KiB buffer of one 16-value column per slot).
-const VALUES_BLOCK: usize = 256;
+/// 64 KiB buffer of one 16-value column per slot, in L2).
+const VALUES_BLOCK: usize = 1024;
+
+/// Queries the multi-query value kernel keeps in registers at once.
+const VALUES_QUERIES: usize = 12;
 
 #[allow(clippy::too_many_arguments)]
 fn avx512_attn_values_f16_multi(
@@ -1280,8 +1188,10 @@ fn avx512_attn_values_f16_multi(
 }
 
 /// Per 16-value column and block of slots: converts the values once, then
-/// runs every query's sixteen lane accumulators over them (slot `16b + s`
-/// into lane `s`, in slot order, as the one-query kernel).
+/// for each lane `l` runs the accumulators of up to [`VALUES_QUERIES`]
+/// queries in registers over slots `l, l + 16, …` (slot order within the
+/// lane, as the one-query kernel), each FMA taking its weight as a broadcast
+/// memory operand.
 ///
 /// # Safety
 /// The CPU must support AVX-512 F, AVX2, FMA and F16C; `n` is a multiple
@@ -1300,7 +1210,14 @@ unsafe fn avx512_attn_values_f16_multi_impl(
 ) {
     let per = lanes.len() / m;
     let hd = per / 16;
-    let mut vals = [0.0f32; 16 * VALUES_BLOCK];
+    let mut vals = vec![0.0f32; 0];
+    VALUES_SCRATCH.with(|cell| {
+        let mut vals_cell = cell.borrow_mut();
+        std::mem::swap(&mut vals, &mut vals_cell);
+    });
+    if vals.len() < 16 * VALUES_BLOCK {
+        vals.resize(16 * VALUES_BLOCK, 0.0);
+    }
     for c in (0..hd).step_by(16) {
         for b0 in (0..n).step_by(VALUES_BLOCK) {
             let nb = (n - b0).min(VALUES_BLOCK);
@@ -1314,25 +1231,77 @@ unsafe fn avx512_attn_values_f16_multi_impl(
                     _mm512_storeu_ps(vals.as_mut_ptr().add(16 * s), x);
                 }
             }
-            for j in 0..m {
-                let base = j * per + c;
-                // SAFETY: lane `l`'s elements `c..c + 16` of query `j` are in `lanes`.
-                let mut acc: [__m512; 16] = core::array::from_fn(|l| unsafe {
-                    _mm512_loadu_ps(lanes.as_ptr().add(base + l * hd))
-                });
-                let pj = &p[j * p_stride + b0..j * p_stride + b0 + nb];
-                for (g, pg) in pj.chunks_exact(16).enumerate() {
-                    for (s, a) in acc.iter_mut().enumerate() {
-                        // SAFETY: slot `16g + s < nb` was converted above.
-                        let x = unsafe { _mm512_loadu_ps(vals.as_ptr().add(16 * (16 * g + s))) };
-                        *a = _mm512_fmadd_ps(_mm512_set1_ps(pg[s]), x, *a);
+            for j0 in (0..m).step_by(VALUES_QUERIES) {
+                let mq = (m - j0).min(VALUES_QUERIES);
+                // SAFETY: as this function's contract; `mq` queries from `j0`.
+                unsafe {
+                    match mq {
+                        1 => values_lanes::<1>(p, p_stride, j0, b0, nb, &vals, lanes, per, hd, c),
+                        2 => values_lanes::<2>(p, p_stride, j0, b0, nb, &vals, lanes, per, hd, c),
+                        3 => values_lanes::<3>(p, p_stride, j0, b0, nb, &vals, lanes, per, hd, c),
+                        4 => values_lanes::<4>(p, p_stride, j0, b0, nb, &vals, lanes, per, hd, c),
+                        5 => values_lanes::<5>(p, p_stride, j0, b0, nb, &vals, lanes, per, hd, c),
+                        6 => values_lanes::<6>(p, p_stride, j0, b0, nb, &vals, lanes, per, hd, c),
+                        7 => values_lanes::<7>(p, p_stride, j0, b0, nb, &vals, lanes, per, hd, c),
+                        8 => values_lanes::<8>(p, p_stride, j0, b0, nb, &vals, lanes, per, hd, c),
+                        9 => values_lanes::<9>(p, p_stride, j0, b0, nb, &vals, lanes, per, hd, c),
+                        10 => values_lanes::<10>(p, p_stride, j0, b0, nb, &vals, lanes, per, hd, c),
+                        11 => values_lanes::<11>(p, p_stride, j0, b0, nb, &vals, lanes, per, hd, c),
+                        _ => values_lanes::<12>(p, p_stride, j0, b0, nb, &vals, lanes, per, hd, c),
                     }
                 }
-                for (l, a) in acc.iter().enumerate() {
-                    // SAFETY: as the loads above.
-                    unsafe { _mm512_storeu_ps(lanes.as_mut_ptr().add(base + l * hd), *a) };
-                }
             }
+        }
+    }
+    VALUES_SCRATCH.with(|cell| *cell.borrow_mut() = vals);
+}
+
+thread_local! {
+    /// The converted value columns of [`avx512_attn_values_f16_multi_impl`]
+    /// (allocated once per thread).
+    static VALUES_SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Lanes `0..16` of column `c` for queries `j0..j0 + Q` over converted
+/// slots `b0..b0 + nb` (`vals[16 · s..]` is slot `b0 + s`'s column).
+///
+/// # Safety
+/// The CPU must support AVX-512 F and FMA; `b0` and `nb` are multiples of
+/// 16; the query rows, lanes and `vals` are in bounds (see the caller).
+#[allow(clippy::too_many_arguments)]
+#[inline]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+unsafe fn values_lanes<const Q: usize>(
+    p: &[f32],
+    p_stride: usize,
+    j0: usize,
+    b0: usize,
+    nb: usize,
+    vals: &[f32],
+    lanes: &mut [f32],
+    per: usize,
+    hd: usize,
+    c: usize,
+) {
+    for l in 0..16 {
+        // SAFETY: lane `l`, elements `c..c + 16` of queries `j0..j0 + Q`.
+        let mut acc: [__m512; Q] = core::array::from_fn(|q| unsafe {
+            _mm512_loadu_ps(lanes.as_ptr().add((j0 + q) * per + l * hd + c))
+        });
+        let mut s = l;
+        while s < nb {
+            // SAFETY: slot `b0 + s` was converted into `vals`.
+            let x = unsafe { _mm512_loadu_ps(vals.as_ptr().add(16 * s)) };
+            for (q, a) in acc.iter_mut().enumerate() {
+                // SAFETY: query `j0 + q`'s weight of slot `b0 + s` is in `p`.
+                let w = unsafe { *p.get_unchecked((j0 + q) * p_stride + b0 + s) };
+                *a = _mm512_fmadd_ps(_mm512_set1_ps(w), x, *a);
+            }
+            s += 16;
+        }
+        for (q, a) in acc.iter().enumerate() {
+            // SAFETY: as the loads above.
+            unsafe { _mm512_storeu_ps(lanes.as_mut_ptr().add((j0 + q) * per + l * hd + c), *a) };
         }
     }
 }

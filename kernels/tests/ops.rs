@@ -196,3 +196,28 @@ fn dispatch_tiers() {
         KernelSet::best().tier
     );
 }
+
+#[test]
+fn rope_with_cached_angles_is_bitwise_rope() {
+    for (head_dim, theta) in [(64usize, 100000.0f32), (128, 10000.0), (2, 500.0), (0, 1.0)] {
+        for pos in [0i32, 1, 7, 1023, 4095, 100_000] {
+            let n_heads = 3;
+            let x: Vec<f32> = (0..n_heads * head_dim)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+                .collect();
+            let mut a = x.clone();
+            coordgen_kernels::ops::rope_norm_inplace(&mut a, n_heads, head_dim, pos, theta)
+                .unwrap();
+            let mut angles = vec![(0.0, 0.0); head_dim / 2];
+            coordgen_kernels::ops::rope_angles(pos, head_dim, theta, &mut angles).unwrap();
+            let mut b = x.clone();
+            coordgen_kernels::ops::rope_norm_with_angles(&mut b, n_heads, head_dim, &angles)
+                .unwrap();
+            assert_eq!(
+                a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                b.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "head_dim {head_dim} pos {pos}"
+            );
+        }
+    }
+}

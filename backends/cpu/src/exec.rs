@@ -71,6 +71,8 @@ unsafe impl Sync for CpuExecutable {}
 /// nothing here.
 #[derive(Default)]
 struct OpScratch {
+    /// RoPE angles of this run's positions, shared by every layer's Q and K.
+    rope: RopeCache,
     /// One per distinct matmul input of a phase (see [`Step::Matmuls`]).
     matmul: Vec<MatmulScratch>,
     /// Extra visible cache slots of every row (tree attention), back to back.
@@ -97,6 +99,46 @@ fn attention_tasks(op: &Op, n_rows: usize) -> usize {
             },
         ),
         _ => 0,
+    }
+}
+
+/// The RoPE angles of the last positions asked for.
+#[derive(Default)]
+struct RopeCache {
+    positions: Vec<i32>,
+    head_dim: usize,
+    theta_bits: u32,
+    /// `positions.len() × head_dim / 2` (sin, cos) pairs.
+    angles: Vec<(f32, f32)>,
+}
+
+impl RopeCache {
+    /// The angles of `positions`, computed unless the last call asked for
+    /// the same ones (allocates only when the rows outgrow the buffers).
+    fn angles(
+        &mut self,
+        positions: &[i32],
+        head_dim: usize,
+        theta_base: f32,
+    ) -> Result<&[(f32, f32)], Error> {
+        let half = head_dim / 2;
+        if self.positions != positions
+            || self.head_dim != head_dim
+            || self.theta_bits != theta_base.to_bits()
+        {
+            self.positions.clear();
+            self.positions.extend_from_slice(positions);
+            self.head_dim = head_dim;
+            self.theta_bits = theta_base.to_bits();
+            self.angles.clear();
+            self.angles.resize(positions.len() * half, (0.0, 0.0));
+            if half > 0 {
+                for (&p, row) in positions.iter().zip(self.angles.chunks_exact_mut(half)) {
+                    coordgen_kernels::ops::rope_angles(p, head_dim, theta_base, row)?;
+                }
+            }
+        }
+        Ok(&self.angles)
     }
 }
 
@@ -1135,13 +1177,16 @@ impl CpuExecutable {
                 let pos = mem.typed::<i32>(positions)?;
                 let (x, out) = (mem.typed::<f32>(x)?, mem.typed_mut::<f32>(out)?);
                 out[..n * c].copy_from_slice(&x[..n * c]);
-                for r in 0..n {
-                    coordgen_kernels::ops::rope_norm_inplace(
+                let pos = pos
+                    .get(..n)
+                    .ok_or_else(|| bad(g, "rope positions shorter than its rows"))?;
+                let angles = scratch.rope.angles(pos, head_dim, theta_base)?;
+                for (r, row_angles) in angles.chunks_exact((head_dim / 2).max(1)).enumerate() {
+                    coordgen_kernels::ops::rope_norm_with_angles(
                         &mut out[r * c..(r + 1) * c],
                         n_heads,
                         head_dim,
-                        pos[r],
-                        theta_base,
+                        row_angles,
                     )?;
                 }
             }
