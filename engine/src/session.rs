@@ -102,10 +102,13 @@ pub struct Session {
 impl Session {
     pub(crate) fn new(engine: Engine) -> Self {
         let state = engine.new_state();
+        // The history never outgrows the context: reserving it up front
+        // (4 bytes a token) keeps decode steps free of allocations.
+        let history = Vec::with_capacity(engine.context_length());
         Session {
             engine,
             state,
-            history: Vec::new(),
+            history,
             last_logits: Vec::new(),
             scratch_logits: Vec::new(),
             prefill_progress: None,

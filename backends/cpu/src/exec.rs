@@ -1,6 +1,6 @@
 //! Execution of one compiled subgraph.
 
-use crate::team::{FailFlag, PhaseCell, SpinBarrier, WorkSplit};
+use crate::team::{FailFlag, PhaseCell, SpinBarrier, TeamPool, WorkSplit};
 use crate::Error;
 use coordgen_graph::{
     memory, DType, ExecParams, Executable, KvHalf, MaskKind, Op, RowSelection, SessionState,
@@ -32,7 +32,9 @@ pub struct CpuExecutable {
     /// Per tensor: whether its bound weight bytes are repacked in 8-row groups.
     repacked: Vec<bool>,
     kernels: &'static KernelSet,
-    pool: Arc<rayon::ThreadPool>,
+    pool: Arc<TeamPool>,
+    /// The team's work split, reused by every run.
+    work: WorkSplit,
     /// Base pointer of every tensor for the current run, reused across runs.
     tensor_ptrs: Vec<*mut u8>,
     scratch: OpScratch,
@@ -157,11 +159,11 @@ fn bad(graph: &Subgraph, message: impl Into<String>) -> Error {
 }
 
 impl CpuExecutable {
-    pub fn new(
+    pub(crate) fn new(
         graph: &Subgraph,
         weights: &dyn WeightSource,
         kernels: &'static KernelSet,
-        pool: Arc<rayon::ThreadPool>,
+        pool: Arc<TeamPool>,
         repack: Option<&crate::RepackCache>,
     ) -> Result<Self, Error> {
         memory::validate_arena(graph).map_err(|e| bad(graph, e.to_string()))?;
@@ -236,6 +238,7 @@ impl CpuExecutable {
             weights: bound,
             repacked,
             kernels,
+            work: WorkSplit::new(pool.threads()),
             pool,
             tensor_ptrs: Vec::new(),
             scratch: OpScratch::default(),
@@ -685,7 +688,7 @@ struct TeamRun<'a> {
     params: &'a ExecParams,
     scratch: PhaseCell<OpScratch>,
     barrier: SpinBarrier,
-    work: WorkSplit,
+    work: &'a WorkSplit,
     failed: FailFlag,
     error: std::sync::Mutex<Option<Error>>,
 }
@@ -790,12 +793,12 @@ impl TeamRun<'_> {
 }
 
 impl CpuExecutable {
-    /// Runs the schedule on every thread of the pool (one rayon broadcast).
+    /// Runs the schedule on every member of the team.
     fn run_team(&mut self, state: &mut SessionState, params: &ExecParams) -> Result<(), Error> {
         let scratch = std::mem::take(&mut self.scratch);
         let mut ptrs = std::mem::take(&mut self.tensor_ptrs);
         let pool = self.pool.clone();
-        let threads = pool.current_num_threads();
+        let threads = pool.threads();
         let (result, scratch) = match Memory::new(self, &mut ptrs, state) {
             Err(e) => (Err(e), scratch),
             Ok(mem) => {
@@ -805,11 +808,11 @@ impl CpuExecutable {
                     params,
                     scratch: PhaseCell::new(scratch),
                     barrier: SpinBarrier::new(threads),
-                    work: WorkSplit::new(threads),
+                    work: &self.work,
                     failed: FailFlag::default(),
                     error: std::sync::Mutex::new(None),
                 };
-                pool.broadcast(|ctx| team.thread_main(ctx.index()));
+                pool.run(&|index| team.thread_main(index));
                 let error = team.error.into_inner().unwrap_or_else(|p| p.into_inner());
                 (error.map_or(Ok(()), Err), team.scratch.into_inner())
             }

@@ -52,7 +52,7 @@ impl From<Error> for coordgen_graph::Error {
 #[derive(Clone)]
 pub struct CpuBackend {
     kernels: &'static KernelSet,
-    pool: Arc<rayon::ThreadPool>,
+    pool: Arc<team::TeamPool>,
     /// Matmul weights repacked in 8-row groups, shared by every subgraph
     /// (all buckets use the same weights, so each is repacked once).
     repacked: RepackCache,
@@ -72,14 +72,10 @@ impl CpuBackend {
     ) -> Result<Self, Error> {
         let threads =
             threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|i| format!("coordgen-cpu-{i}"))
-            .build()
-            .map_err(|e| Error::ThreadPool {
-                threads,
-                message: e.to_string(),
-            })?;
+        let pool = team::TeamPool::new(threads).map_err(|e| Error::ThreadPool {
+            threads,
+            message: e.to_string(),
+        })?;
         Ok(CpuBackend {
             kernels,
             pool: Arc::new(pool),
@@ -92,7 +88,7 @@ impl CpuBackend {
     }
 
     pub fn threads(&self) -> usize {
-        self.pool.current_num_threads()
+        self.pool.threads()
     }
 
     /// Weights this backend holds in a repacked copy of its own (its

@@ -4,11 +4,13 @@
 //!
 //! Why not a rayon call per op: a decode step runs ~200 matmuls of ~10 µs
 //! each; handing each to rayon (wake a worker, join) costs a few µs, which
-//! was a quarter of the step. One rayon broadcast per subgraph and a barrier
-//! of two atomic operations per phase cost well under a microsecond.
+//! was a quarter of the step. One [`TeamPool::run`] per subgraph and a
+//! barrier of two atomic operations per phase cost well under a
+//! microsecond, and allocate nothing.
 
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Spins this many rounds before yielding the core: a phase usually ends
 /// within microseconds, but on a busy machine a waiting thread must let the
@@ -172,5 +174,154 @@ impl FailFlag {
 
     pub(crate) fn is_set(&self) -> bool {
         self.0.load(Ordering::Acquire)
+    }
+}
+
+/// The job of one run: every team thread calls it with its index.
+type TeamJob<'a> = &'a (dyn Fn(usize) + Sync);
+
+/// Persistent team threads: the calling thread is member 0, `threads - 1`
+/// workers wait for work, spinning briefly and then parked.
+///
+/// Why not rayon here: its `broadcast` allocates per call and hands the work
+/// to pool threads while the caller sleeps. This pool allocates nothing per
+/// run (a decode step allocates nothing), and the caller works as member 0,
+/// so a run wakes one thread fewer.
+pub(crate) struct TeamPool {
+    shared: Arc<PoolShared>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+    /// One run at a time.
+    running: Mutex<()>,
+}
+
+struct PoolShared {
+    /// Bumped once per run (and once more at shutdown).
+    generation: AtomicUsize,
+    /// The current run's job, a `TeamJob` with its lifetime erased; only
+    /// read by workers between the generation bump and their `done` mark.
+    job: UnsafeCell<Option<*const (dyn Fn(usize) + Sync)>>,
+    /// Workers that have not finished the current run.
+    pending: AtomicUsize,
+    shutdown: AtomicBool,
+}
+
+// SAFETY: `job` is written by the caller only while no worker reads it (all
+// workers finished the previous run, `pending == 0`), published with the
+// release bump of `generation`, and read after the acquire load of it.
+unsafe impl Sync for PoolShared {}
+// SAFETY: as above; the raw job pointer is only dereferenced during a run,
+// while the caller keeps the job alive.
+unsafe impl Send for PoolShared {}
+
+impl TeamPool {
+    /// A team of `threads` (at least 1) members.
+    pub(crate) fn new(threads: usize) -> std::io::Result<Self> {
+        let shared = Arc::new(PoolShared {
+            generation: AtomicUsize::new(0),
+            job: UnsafeCell::new(None),
+            pending: AtomicUsize::new(0),
+            shutdown: AtomicBool::new(false),
+        });
+        let mut workers = Vec::new();
+        for index in 1..threads.max(1) {
+            let shared = shared.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("coordgen-cpu-{index}"))
+                .spawn(move || worker_loop(&shared, index))?;
+            workers.push(handle);
+        }
+        Ok(TeamPool {
+            shared,
+            workers,
+            running: Mutex::new(()),
+        })
+    }
+
+    /// Members, the caller included.
+    pub(crate) fn threads(&self) -> usize {
+        self.workers.len() + 1
+    }
+
+    /// Runs `job(i)` on every member `i` (the caller is member 0) and
+    /// returns when all have finished. `job` must not panic (team runs catch
+    /// their panics); a panicking worker still counts as finished.
+    pub(crate) fn run(&self, job: TeamJob<'_>) {
+        let _one_at_a_time = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let shared = &*self.shared;
+        shared.pending.store(self.workers.len(), Ordering::Relaxed);
+        // SAFETY: no worker reads `job` now: every one finished the last run
+        // (`pending` reached 0 before the last `run` returned), and the
+        // release bump below publishes the write. The lifetime is erased
+        // because this function does not return before all workers are done
+        // with the job.
+        unsafe {
+            let erased: *const (dyn Fn(usize) + Sync + '_) = job;
+            *shared.job.get() = Some(std::mem::transmute::<
+                *const (dyn Fn(usize) + Sync + '_),
+                *const (dyn Fn(usize) + Sync + 'static),
+            >(erased));
+        }
+        shared.generation.fetch_add(1, Ordering::Release);
+        for w in &self.workers {
+            w.thread().unpark();
+        }
+        job(0);
+        let mut spins = 0u32;
+        while shared.pending.load(Ordering::Acquire) != 0 {
+            if spins < SPINS_BEFORE_YIELD {
+                spins += 1;
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+    }
+}
+
+impl Drop for TeamPool {
+    fn drop(&mut self) {
+        self.shared.shutdown.store(true, Ordering::Release);
+        self.shared.generation.fetch_add(1, Ordering::Release);
+        for w in self.workers.drain(..) {
+            w.thread().unpark();
+            let _ = w.join();
+        }
+    }
+}
+
+/// Spins this long for the next run before parking: decode steps come back
+/// to back, and waking a parked thread costs tens of microseconds.
+const SPINS_BEFORE_PARK: u32 = 1 << 14;
+
+fn worker_loop(shared: &PoolShared, index: usize) {
+    let mut seen = shared.generation.load(Ordering::Acquire);
+    loop {
+        let mut spins = 0u32;
+        let current = loop {
+            let g = shared.generation.load(Ordering::Acquire);
+            if g != seen {
+                break g;
+            }
+            if spins < SPINS_BEFORE_PARK {
+                spins += 1;
+                std::hint::spin_loop();
+            } else {
+                // An unpark between the load above and this park leaves a
+                // token, so this returns at once: no wake-up is lost.
+                std::thread::park();
+            }
+        };
+        seen = current;
+        if shared.shutdown.load(Ordering::Acquire) {
+            return;
+        }
+        // SAFETY: read after the acquire load that saw this run's bump; the
+        // caller keeps the job alive until `pending` reaches 0.
+        if let Some(job) = unsafe { *shared.job.get() } {
+            // SAFETY: as above: the pointee outlives this call.
+            let job = unsafe { &*job };
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(index)));
+        }
+        shared.pending.fetch_sub(1, Ordering::AcqRel);
     }
 }
