@@ -313,10 +313,11 @@ fn attend_group(
         q16.clear();
         for r in rows.clone() {
             for h in heads.clone() {
-                let q = &job.q[(r * n_heads + h) * head_dim..][..head_dim];
-                q16.extend(q.iter().map(|&v| f16::from_f32(v).to_f32()));
+                q16.extend_from_slice(&job.q[(r * n_heads + h) * head_dim..][..head_dim]);
             }
         }
+        // The queries rounded to f16 (`x · 1.0` is exact, then RNE to f16).
+        (ks.scale_round_f16)(1.0, q16);
         scores.clear();
         scores.resize(m * longest, 0.0);
         if common > 0 {

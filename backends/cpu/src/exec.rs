@@ -11,6 +11,7 @@ use coordgen_kernels::{
     BlockQ8_0, BlockQ8_0x8, KernelSet, MatmulScratch, RowVisibility, SharedOut, WeightMatrix,
 };
 use half::f16;
+use half::slice::HalfFloatSliceExt;
 use std::sync::Arc;
 
 /// Where the bytes of a tensor live during a run.
@@ -979,20 +980,12 @@ impl CpuExecutable {
         }
         let kv_dim = n_kv_heads * head_dim;
         let (k_new, v_new) = (mem.typed::<f32>(k)?, mem.typed::<f32>(v)?);
+        // half's slice conversion uses F16C when the CPU has it (same
+        // round-to-nearest-even as the per-value conversion).
         let kc = mem.typed_mut::<f16>(k_cache)?;
-        for (dst, src) in kc[past * kv_dim..(past + n) * kv_dim]
-            .iter_mut()
-            .zip(&k_new[..n * kv_dim])
-        {
-            *dst = f16::from_f32(*src);
-        }
+        kc[past * kv_dim..(past + n) * kv_dim].convert_from_f32_slice(&k_new[..n * kv_dim]);
         let vc = mem.typed_mut::<f16>(v_cache)?;
-        for (dst, src) in vc[past * kv_dim..(past + n) * kv_dim]
-            .iter_mut()
-            .zip(&v_new[..n * kv_dim])
-        {
-            *dst = f16::from_f32(*src);
-        }
+        vc[past * kv_dim..(past + n) * kv_dim].convert_from_f32_slice(&v_new[..n * kv_dim]);
         let OpScratch {
             visible_slots: slots,
             visible_ranges: ranges,
