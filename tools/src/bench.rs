@@ -780,9 +780,12 @@ fn context_mode(context: Vec<PathBuf>, args: &BenchArgs, repeat: usize) -> Resul
         args.max_tokens
     );
     let mut runs = Vec::new();
+    // One session, emptied before each run so prefill is measured in full
+    // (as an app reuses a session; a new session per run would also count
+    // the allocator's recycled, already-touched KV pages in the peak RSS).
+    let mut session = engine.session();
     for i in 0..=repeat {
-        // A fresh session each run, so prefill is measured in full.
-        let mut session = engine.session();
+        session.reset();
         let g = session.generate(&tokens, &params, |_| true)?;
         if i == 0 {
             continue; // warm-up
