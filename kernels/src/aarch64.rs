@@ -96,6 +96,10 @@ pub(crate) fn neon_kernel_set() -> KernelSet {
         scale_round_f16: neon_scale_round_f16,
         exp_f32: neon_exp_f32,
         silu_mul_f32: neon_silu_mul_f32,
+        prefers_repacked: true,
+        gemm_q4_0_x8: crate::aarch64_repack::neon_gemm_q4_0_x8,
+        gemm_q4_1_x8: crate::aarch64_repack::neon_gemm_q4_1_x8,
+        gemm_q8_0_x8: crate::aarch64_repack::neon_gemm_q8_0_x8,
         ..SCALAR_KERNELS
     }
 }
@@ -109,6 +113,10 @@ pub(crate) fn neon_dotprod_kernel_set() -> KernelSet {
         vec_dot_q4_0_q8_0_x4: dotprod_vec_dot_q4_0_q8_0_x4,
         vec_dot_q4_1_q8_1_x4: dotprod_vec_dot_q4_1_q8_1_x4,
         vec_dot_q8_0_q8_0_x4: dotprod_vec_dot_q8_0_q8_0_x4,
+        prefers_repacked: true,
+        gemm_q4_0_x8: crate::aarch64_repack::dotprod_gemm_q4_0_x8,
+        gemm_q4_1_x8: crate::aarch64_repack::dotprod_gemm_q4_1_x8,
+        gemm_q8_0_x8: crate::aarch64_repack::dotprod_gemm_q8_0_x8,
         ..neon_kernel_set()
     }
 }

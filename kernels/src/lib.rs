@@ -24,6 +24,8 @@
 
 #[cfg(target_arch = "aarch64")]
 mod aarch64;
+#[cfg(target_arch = "aarch64")]
+mod aarch64_repack;
 pub mod attention;
 pub mod dispatch;
 pub mod kquant;
