@@ -278,15 +278,18 @@ fn check_weights(c: &ModelConfig, w: &dyn WeightCatalog, head: &str) -> Result<(
                 let ok = if is_vector {
                     dtype == DType::F32
                 } else {
-                    matches!(
-                        dtype,
-                        DType::F32
-                            | DType::F16
-                            | DType::BF16
-                            | DType::Q4_0
-                            | DType::Q4_1
-                            | DType::Q8_0
-                    )
+                    let k_quant = matches!(dtype, DType::Q4_K | DType::Q5_K | DType::Q6_K);
+                    // A K-quant row must be whole 256-value super-blocks.
+                    (k_quant && shape[1].is_multiple_of(256))
+                        || matches!(
+                            dtype,
+                            DType::F32
+                                | DType::F16
+                                | DType::BF16
+                                | DType::Q4_0
+                                | DType::Q4_1
+                                | DType::Q8_0
+                        )
                 };
                 if !ok {
                     return Err(Error::WeightDType { name, dtype });

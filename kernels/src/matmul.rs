@@ -24,6 +24,7 @@
 //! [`matmul_units`] from every thread on disjoint unit ranges.
 
 use crate::dispatch::KernelSet;
+use crate::kquant::{self, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, QK_K};
 use crate::quant::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, QK};
 use crate::repack::{self, ActAux, BlockQ4_0x8, BlockQ4_1x8, BlockQ8_0x8, GROUP};
 use crate::{check_len, Error};
@@ -49,6 +50,12 @@ pub enum WeightMatrix<'a> {
     Q4_1x8(&'a [BlockQ4_1x8]),
     /// Q8_0 repacked in 8-row groups.
     Q8_0x8(&'a [BlockQ8_0x8]),
+    /// `rows * cols / 256` Q4_K super-blocks (scalar dots against Q8_K).
+    Q4K(&'a [BlockQ4K]),
+    /// `rows * cols / 256` Q5_K super-blocks.
+    Q5K(&'a [BlockQ5K]),
+    /// `rows * cols / 256` Q6_K super-blocks.
+    Q6K(&'a [BlockQ6K]),
 }
 
 impl WeightMatrix<'_> {
@@ -63,6 +70,18 @@ impl WeightMatrix<'_> {
             WeightMatrix::Q4_0x8(w) => w.len(),
             WeightMatrix::Q4_1x8(w) => w.len(),
             WeightMatrix::Q8_0x8(w) => w.len(),
+            WeightMatrix::Q4K(w) => w.len(),
+            WeightMatrix::Q5K(w) => w.len(),
+            WeightMatrix::Q6K(w) => w.len(),
+        }
+    }
+
+    /// Values per quantization block along a row (1 for f32/f16).
+    fn block_len(&self) -> usize {
+        match self {
+            WeightMatrix::F32(_) | WeightMatrix::F16(_) => 1,
+            WeightMatrix::Q4K(_) | WeightMatrix::Q5K(_) | WeightMatrix::Q6K(_) => QK_K,
+            _ => QK,
         }
     }
 
@@ -89,6 +108,9 @@ impl WeightMatrix<'_> {
             WeightMatrix::Q4_0x8(w) => std::mem::size_of_val(*w),
             WeightMatrix::Q4_1x8(w) => std::mem::size_of_val(*w),
             WeightMatrix::Q8_0x8(w) => std::mem::size_of_val(*w),
+            WeightMatrix::Q4K(w) => std::mem::size_of_val(*w),
+            WeightMatrix::Q5K(w) => std::mem::size_of_val(*w),
+            WeightMatrix::Q6K(w) => std::mem::size_of_val(*w),
         }
     }
 
@@ -100,10 +122,11 @@ impl WeightMatrix<'_> {
             got: rows,
         })?;
         if self.is_quantized() {
-            if !cols.is_multiple_of(QK) {
+            let qk = self.block_len();
+            if !cols.is_multiple_of(qk) {
                 return Err(Error::NotMultiple {
                     what: "cols",
-                    multiple_of: QK,
+                    multiple_of: qk,
                     got: cols,
                 });
             }
@@ -115,7 +138,7 @@ impl WeightMatrix<'_> {
                     got: rows,
                 });
             }
-            check_len("weight blocks", n_weights / QK / g, self.stored_len())
+            check_len("weight blocks", n_weights / qk / g, self.stored_len())
         } else {
             check_len("weight values", n_weights, self.stored_len())
         }
@@ -128,6 +151,7 @@ impl WeightMatrix<'_> {
 pub struct MatmulScratch {
     q8_0: Vec<BlockQ8_0>,
     q8_1: Vec<BlockQ8_1>,
+    q8_k: Vec<BlockQ8K>,
     aux: Vec<ActAux>,
 }
 
@@ -165,15 +189,24 @@ impl MatmulScratch {
         if !w.is_quantized() || cols == 0 {
             return Ok(());
         }
-        if !cols.is_multiple_of(QK) {
+        let qk = w.block_len();
+        if !cols.is_multiple_of(qk) {
             return Err(Error::NotMultiple {
                 what: "cols",
-                multiple_of: QK,
+                multiple_of: qk,
                 got: cols,
             });
         }
-        let blocks = n * (cols / QK);
+        let blocks = n * (cols / qk);
         match w {
+            WeightMatrix::Q4K(_) | WeightMatrix::Q5K(_) | WeightMatrix::Q6K(_) => {
+                quantize_activations(
+                    x,
+                    cols,
+                    grow(&mut self.q8_k, blocks),
+                    kquant::quantize_row_q8_k,
+                );
+            }
             WeightMatrix::Q4_1(_) | WeightMatrix::Q4_1x8(_) => {
                 let q = quantize_activations(
                     x,
@@ -294,7 +327,7 @@ pub unsafe fn matmul_units(
     out: SharedOut,
     units: std::ops::Range<usize>,
 ) {
-    let bpr = cols / QK;
+    let bpr = cols / w.block_len();
     // SAFETY (all `out.write`s below): element `j * rows + r` with `r` a row
     // of a unit in `units`, so in bounds and owned by this caller.
     let row_units = |row_fn: &dyn Fn(usize, usize) -> f32| {
@@ -382,6 +415,25 @@ pub unsafe fn matmul_units(
         WeightMatrix::Q4_0x8(wv) => groups!(wv, &scratch.q8_0[..n * bpr], ks.gemm_q4_0_x8),
         WeightMatrix::Q4_1x8(wv) => groups!(wv, &scratch.q8_1[..n * bpr], ks.gemm_q4_1_x8),
         WeightMatrix::Q8_0x8(wv) => groups!(wv, &scratch.q8_0[..n * bpr], ks.gemm_q8_0_x8),
+        // K-quants: the scalar reference dots of `kquant` (no SIMD twins yet).
+        WeightMatrix::Q4K(wv) => rows_q!(
+            wv,
+            &scratch.q8_k[..n * bpr],
+            kquant::vec_dot_q4_k_q8_k,
+            |w, a: [&[BlockQ8K]; 4]| a.map(|y| kquant::vec_dot_q4_k_q8_k(w, y))
+        ),
+        WeightMatrix::Q5K(wv) => rows_q!(
+            wv,
+            &scratch.q8_k[..n * bpr],
+            kquant::vec_dot_q5_k_q8_k,
+            |w, a: [&[BlockQ8K]; 4]| a.map(|y| kquant::vec_dot_q5_k_q8_k(w, y))
+        ),
+        WeightMatrix::Q6K(wv) => rows_q!(
+            wv,
+            &scratch.q8_k[..n * bpr],
+            kquant::vec_dot_q6_k_q8_k,
+            |w, a: [&[BlockQ8K]; 4]| a.map(|y| kquant::vec_dot_q6_k_q8_k(w, y))
+        ),
     }
 }
 
@@ -440,7 +492,10 @@ fn quantize_activations<'s, B: Send>(
     dst: &'s mut [B],
     quantize: fn(&[f32], &mut [B]),
 ) -> &'s [B] {
-    let blocks_per_row = cols / QK;
+    let blocks_per_row = dst.len() / (x.len() / cols).max(1);
+    if blocks_per_row == 0 {
+        return dst;
+    }
     dst.chunks_exact_mut(blocks_per_row)
         .zip(x.chunks_exact(cols))
         .for_each(|(q, xr)| quantize(xr, q));

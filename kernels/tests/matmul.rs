@@ -79,6 +79,9 @@ impl Weights {
             WeightMatrix::Q4_0x8(_) => dequantize_row_q4_0(&self.q4_0, &mut out),
             WeightMatrix::Q4_1x8(_) => dequantize_row_q4_1(&self.q4_1, &mut out),
             WeightMatrix::Q8_0x8(_) => dequantize_row_q8_0(&self.q8_0, &mut out),
+            WeightMatrix::Q4K(_) | WeightMatrix::Q5K(_) | WeightMatrix::Q6K(_) => {
+                unreachable!("these tests build no K-quant weights")
+            }
         }
         out
     }

@@ -7,8 +7,9 @@ use coordgen_graph::{
     Subgraph, TensorDecl, TensorId, TensorKind, WeightBytes, WeightSource,
 };
 use coordgen_kernels::{
-    matmul, AttentionJob, AttentionShape, BlockQ4_0, BlockQ4_0x8, BlockQ4_1, BlockQ4_1x8,
-    BlockQ8_0, BlockQ8_0x8, KernelSet, MatmulScratch, RowVisibility, SharedOut, WeightMatrix,
+    matmul, AttentionJob, AttentionShape, BlockQ4K, BlockQ4_0, BlockQ4_0x8, BlockQ4_1, BlockQ4_1x8,
+    BlockQ5K, BlockQ6K, BlockQ8_0, BlockQ8_0x8, KernelSet, MatmulScratch, RowVisibility, SharedOut,
+    WeightMatrix,
 };
 use half::f16;
 use half::slice::HalfFloatSliceExt;
@@ -604,6 +605,9 @@ impl<'a> Memory<'a> {
             DType::Q4_0 => WeightMatrix::Q4_0(self.typed::<BlockQ4_0>(t)?),
             DType::Q4_1 => WeightMatrix::Q4_1(self.typed::<BlockQ4_1>(t)?),
             DType::Q8_0 => WeightMatrix::Q8_0(self.typed::<BlockQ8_0>(t)?),
+            DType::Q4_K => WeightMatrix::Q4K(self.typed::<BlockQ4K>(t)?),
+            DType::Q5_K => WeightMatrix::Q5K(self.typed::<BlockQ5K>(t)?),
+            DType::Q6_K => WeightMatrix::Q6K(self.typed::<BlockQ6K>(t)?),
             other => {
                 return Err(Error::BadWeight {
                     name: format!("tensor {}", t.0),
@@ -648,6 +652,18 @@ fn embedding_row(
         DType::Q8_0 => {
             k::dequantize_row_q8_0(bytemuck::try_cast_slice(bytes).map_err(cast_err)?, out)
         }
+        DType::Q4_K => coordgen_kernels::kquant::dequantize_row_q4_k(
+            bytemuck::try_cast_slice(bytes).map_err(cast_err)?,
+            out,
+        ),
+        DType::Q5_K => coordgen_kernels::kquant::dequantize_row_q5_k(
+            bytemuck::try_cast_slice(bytes).map_err(cast_err)?,
+            out,
+        ),
+        DType::Q6_K => coordgen_kernels::kquant::dequantize_row_q6_k(
+            bytemuck::try_cast_slice(bytes).map_err(cast_err)?,
+            out,
+        ),
         other => {
             return Err(Error::BadWeight {
                 name: "token_embd.weight".into(),

@@ -103,8 +103,9 @@ impl Backend for CpuBackend {
         "cpu"
     }
 
-    /// The CPU runs every op of the IR, except matmuls and embeddings over
-    /// weight types its kernels do not cover yet (BF16 matrices, K-quants).
+    /// The CPU runs every op of the IR, except matmuls over BF16 matrices
+    /// (BF16 embedding tables are fine). K-quant matmuls run the scalar
+    /// reference dots (no SIMD twins yet).
     fn supports(&self, op: &Op, graph: &Subgraph) -> bool {
         let weight = match *op {
             Op::MatMul { w, .. } => w,
@@ -112,7 +113,14 @@ impl Backend for CpuBackend {
             _ => return true,
         };
         graph.tensor(weight).is_some_and(|t| match t.dtype {
-            DType::F32 | DType::F16 | DType::Q4_0 | DType::Q4_1 | DType::Q8_0 => true,
+            DType::F32
+            | DType::F16
+            | DType::Q4_0
+            | DType::Q4_1
+            | DType::Q8_0
+            | DType::Q4_K
+            | DType::Q5_K
+            | DType::Q6_K => true,
             DType::BF16 => matches!(op, Op::Embedding { .. }),
             _ => false,
         })

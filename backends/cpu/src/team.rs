@@ -294,7 +294,9 @@ impl Drop for TeamPool {
 const SPINS_BEFORE_PARK: u32 = 1 << 14;
 
 fn worker_loop(shared: &PoolShared, index: usize) {
-    let mut seen = shared.generation.load(Ordering::Acquire);
+    // Generation 0 is the pool's start: a run that began before this thread
+    // got here (bumping it to 1) must still be seen as new.
+    let mut seen = 0;
     loop {
         let mut spins = 0u32;
         let current = loop {
@@ -323,5 +325,43 @@ fn worker_loop(shared: &PoolShared, index: usize) {
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(index)));
         }
         shared.pending.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A run right after the pool starts (before its workers reached their
+    /// loop) must still reach every worker; back-to-back runs too.
+    #[test]
+    fn every_member_runs_every_job() -> std::io::Result<()> {
+        for threads in [1, 2, 3] {
+            for _ in 0..100 {
+                let pool = TeamPool::new(threads)?;
+                for round in 1..=3 {
+                    let calls = AtomicUsize::new(0);
+                    pool.run(&|_| {
+                        calls.fetch_add(1, Ordering::Relaxed);
+                    });
+                    assert_eq!(calls.load(Ordering::Relaxed), threads, "round {round}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn members_meet_at_the_barrier() -> std::io::Result<()> {
+        let pool = TeamPool::new(2)?;
+        let barrier = SpinBarrier::new(2);
+        let seen = [AtomicUsize::new(0), AtomicUsize::new(0)];
+        pool.run(&|i| {
+            seen[i].store(1, Ordering::Relaxed);
+            barrier.wait();
+            // After the barrier each member sees the other's write.
+            assert_eq!(seen[1 - i].load(Ordering::Relaxed), 1);
+        });
+        Ok(())
     }
 }
