@@ -386,6 +386,32 @@ pub fn scalar_attn_values_f16_multi(
     first: usize,
     lanes: &mut [f32],
 ) {
+    values_per_query(
+        scalar_attn_values_f16,
+        p,
+        p_stride,
+        m,
+        n,
+        v,
+        stride,
+        first,
+        lanes,
+    );
+}
+
+/// `m` calls of a one-query value kernel, the multi-query kernels' shape.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn values_per_query(
+    one: fn(&[f32], &[f16], usize, usize, &mut [f32]),
+    p: &[f32],
+    p_stride: usize,
+    m: usize,
+    n: usize,
+    v: &[f16],
+    stride: usize,
+    first: usize,
+    lanes: &mut [f32],
+) {
     if m == 0 {
         return;
     }
@@ -395,7 +421,7 @@ pub fn scalar_attn_values_f16_multi(
     );
     let per = lanes.len() / m;
     for j in 0..m {
-        scalar_attn_values_f16(
+        one(
             &p[j * p_stride..j * p_stride + n],
             v,
             stride,

@@ -59,10 +59,10 @@ pub(crate) fn avx2_kernel_set() -> KernelSet {
         scale_round_f16: avx2_scale_round_f16,
         exp_f32: crate::scalar::scalar_exp_f32,
         silu_mul_f32: crate::scalar::scalar_silu_mul_f32,
-        attn_scores_f16: crate::scalar::scalar_attn_scores_f16,
-        attn_values_f16: crate::scalar::scalar_attn_values_f16,
-        attn_scores_f16_multi: crate::scalar::scalar_attn_scores_f16_multi,
-        attn_values_f16_multi: crate::scalar::scalar_attn_values_f16_multi,
+        attn_scores_f16: avx2_attn_scores_f16,
+        attn_values_f16: avx2_attn_values_f16,
+        attn_scores_f16_multi: avx2_attn_scores_f16_multi,
+        attn_values_f16_multi: avx2_attn_values_f16_multi,
         prefers_repacked: true,
         gemm_q4_0_x8: crate::x86_repack::avx2_gemm_q4_0_x8,
         gemm_q4_1_x8: crate::x86_repack::avx2_gemm_q4_1_x8,
@@ -1304,4 +1304,80 @@ unsafe fn values_lanes<const Q: usize>(
             unsafe { _mm512_storeu_ps(lanes.as_mut_ptr().add((j0 + q) * per + l * hd + c), *a) };
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// AVX2 attention: slot by slot with the AVX2 f16 dot and axpy (the same
+// operations as the scalar twins, which these loops mirror).
+// ---------------------------------------------------------------------------
+
+fn avx2_attn_scores_f16(q16: &[f32], k: &[f16], stride: usize, scale: f32, scores: &mut [f32]) {
+    let hd = q16.len();
+    for (i, s) in scores.iter_mut().enumerate() {
+        *s = avx2_dot_f16_f32(&k[i * stride..i * stride + hd], q16) * scale;
+    }
+}
+
+fn avx2_attn_values_f16(p: &[f32], v: &[f16], stride: usize, first: usize, lanes: &mut [f32]) {
+    assert!(
+        lanes.len().is_multiple_of(16),
+        "attn_values: lanes must be 16 × head_dim"
+    );
+    let hd = lanes.len() / 16;
+    for (i, &w) in p.iter().enumerate() {
+        let lane = (first + i) % 16;
+        avx2_axpy_f16_f32(
+            w,
+            &v[i * stride..i * stride + hd],
+            &mut lanes[lane * hd..(lane + 1) * hd],
+        );
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn avx2_attn_scores_f16_multi(
+    q16: &[f32],
+    m: usize,
+    k: &[f16],
+    stride: usize,
+    scale: f32,
+    n: usize,
+    scores: &mut [f32],
+    scores_stride: usize,
+) {
+    crate::scalar::scores_per_query(
+        avx2_attn_scores_f16,
+        q16,
+        m,
+        k,
+        stride,
+        scale,
+        n,
+        scores,
+        scores_stride,
+    );
+}
+
+#[allow(clippy::too_many_arguments)]
+fn avx2_attn_values_f16_multi(
+    p: &[f32],
+    p_stride: usize,
+    m: usize,
+    n: usize,
+    v: &[f16],
+    stride: usize,
+    first: usize,
+    lanes: &mut [f32],
+) {
+    crate::scalar::values_per_query(
+        avx2_attn_values_f16,
+        p,
+        p_stride,
+        m,
+        n,
+        v,
+        stride,
+        first,
+        lanes,
+    );
 }
