@@ -12,6 +12,7 @@ pub mod gguf;
 pub mod model;
 pub mod sampler;
 mod session;
+pub mod spec;
 pub mod tokenizer;
 
 pub use chat_template::{ChatMessage, ChatTemplate};
