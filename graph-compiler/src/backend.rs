@@ -107,8 +107,65 @@ pub struct SessionState {
     pub boundaries: Vec<HostBuffer>,
     /// Sized for the largest subgraph arena of the plan.
     pub arena: HostBuffer,
-    /// Two per layer: K then V, each `[context_length, n_kv_heads * head_dim]` f16.
-    pub kv: Vec<HostBuffer>,
+    /// Two halves per layer: K then V, each `[context_length, n_kv_heads * head_dim]` f16.
+    pub kv: KvCache,
+}
+
+/// A session's KV cache: every layer's K and V half in one allocation.
+///
+/// Why one: a cache of this size is above the allocator's mmap threshold, so
+/// it always gets fresh zero pages that only become resident as tokens fill
+/// them. Per-half buffers are small enough for the allocator to recycle
+/// freed memory, which `calloc` must then zero, touching (and keeping
+/// resident) the whole cache of every new session.
+#[derive(Clone, Debug, Default)]
+pub struct KvCache {
+    buf: HostBuffer,
+    half_bytes: usize,
+    halves: usize,
+}
+
+impl KvCache {
+    /// `halves` halves of `half_bytes` each (a multiple of 8 keeps every
+    /// half 8-byte aligned).
+    pub fn zeroed(halves: usize, half_bytes: usize) -> Self {
+        let half_bytes = half_bytes.next_multiple_of(8);
+        KvCache {
+            buf: HostBuffer::zeroed(halves.saturating_mul(half_bytes)),
+            half_bytes,
+            halves,
+        }
+    }
+
+    /// Number of halves (two per layer).
+    pub fn halves(&self) -> usize {
+        self.halves
+    }
+
+    /// Bytes of one half.
+    pub fn half_bytes(&self) -> usize {
+        self.half_bytes
+    }
+
+    /// Bytes of the whole cache.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// Half `id` (`2 · layer` for K, `2 · layer + 1` for V), if it exists.
+    pub fn half_mut(&mut self, id: usize) -> Option<&mut [u8]> {
+        if id >= self.halves {
+            return None;
+        }
+        let start = id * self.half_bytes;
+        self.buf
+            .as_bytes_mut()
+            .get_mut(start..start + self.half_bytes)
+    }
 }
 
 impl SessionState {
@@ -121,9 +178,7 @@ impl SessionState {
         let c = &plan.config;
         let per_half =
             plan.options.context_length * c.n_kv_heads * c.head_dim * DType::F16.block_bytes();
-        let kv = (0..2 * c.n_layers)
-            .map(|_| HostBuffer::zeroed(per_half))
-            .collect();
+        let kv = KvCache::zeroed(2 * c.n_layers, per_half);
         let arena_bytes = plan
             .buckets
             .iter()
@@ -140,11 +195,7 @@ impl SessionState {
 
     /// Bytes held by the state.
     pub fn bytes(&self) -> usize {
-        self.boundaries
-            .iter()
-            .chain(&self.kv)
-            .map(HostBuffer::len)
-            .sum()
+        self.boundaries.iter().map(HostBuffer::len).sum::<usize>() + self.kv.len()
     }
 }
 

@@ -15,7 +15,7 @@ pub mod memory;
 mod summary;
 
 pub use backend::{
-    Backend, ExecParams, Executable, HostBuffer, SessionState, WeightBytes, WeightSource,
+    Backend, ExecParams, Executable, HostBuffer, KvCache, SessionState, WeightBytes, WeightSource,
 };
 pub use config::{names, ModelConfig, WeightCatalog, WeightDesc};
 pub use ir::*;

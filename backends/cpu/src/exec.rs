@@ -503,12 +503,12 @@ impl<'a> Memory<'a> {
                     unsafe { arena.add(offset) }
                 }
                 Place::Boundary(id) | Place::Kv(id) => {
-                    let buffers = if matches!(place, Place::Boundary(_)) {
-                        &mut state.boundaries
+                    let buf: Option<&mut [u8]> = if matches!(place, Place::Boundary(_)) {
+                        state.boundaries.get_mut(id).map(|b| b.as_bytes_mut())
                     } else {
-                        &mut state.kv
+                        state.kv.half_mut(id)
                     };
-                    let buf = buffers.get_mut(id).ok_or_else(|| {
+                    let buf = buf.ok_or_else(|| {
                         bad(
                             &exe.graph,
                             format!(

@@ -136,7 +136,7 @@ fn k_quant_matmuls_run() {
         let mut state = SessionState {
             boundaries: vec![input, HostBuffer::zeroed(rows * 4)],
             arena: HostBuffer::zeroed(0),
-            kv: Vec::new(),
+            kv: Default::default(),
         };
         exe.run(
             &mut state,
