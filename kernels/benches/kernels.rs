@@ -595,6 +595,7 @@ fn attention_benches(c: &mut Criterion) {
             vec![RowVisibility {
                 prefix_len: SLOTS,
                 extra: &[],
+                extra_positions: &[],
             }],
         ),
         (
@@ -603,6 +604,7 @@ fn attention_benches(c: &mut Criterion) {
                 .map(|i| RowVisibility {
                     prefix_len: SLOTS - 7 + i,
                     extra: &[],
+                    extra_positions: &[],
                 })
                 .collect(),
         ),

@@ -27,6 +27,7 @@ fn main() {
     let rows = [RowVisibility {
         prefix_len: ctx,
         extra: &[],
+        extra_positions: &[],
     }];
     let mut best = f64::MAX;
     for _ in 0..30 {

@@ -29,13 +29,31 @@ pub struct AttentionShape {
 }
 
 /// The KV slots one query row attends to: all of `0..prefix_len`, then each
-/// slot in `extra` (ascending, each `< capacity`).
+/// slot in `extra` (each `< capacity`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RowVisibility<'a> {
     /// Slots `0..prefix_len` are visible.
     pub prefix_len: usize,
     /// Additional visible slots beyond the prefix (e.g. tree ancestors).
     pub extra: &'a [u32],
+    /// The sequence position of each `extra` slot (ascending), when it
+    /// differs from the slot: a draft-tree node sits in the slot of its row
+    /// but stands at its depth in the sequence. Softmax chunks and value
+    /// lanes follow the position, so a tree row computes bitwise what
+    /// sequential decoding of its path computes. Empty: positions are the
+    /// slots.
+    pub extra_positions: &'a [u32],
+}
+
+impl RowVisibility<'_> {
+    /// Sequence position of extra slot `i`.
+    #[inline]
+    fn extra_position(&self, i: usize) -> usize {
+        self.extra_positions
+            .get(i)
+            .copied()
+            .unwrap_or(self.extra[i]) as usize
+    }
 }
 
 /// Below this many score·value multiply-adds everything runs on the calling thread.
@@ -107,6 +125,13 @@ impl<'a> AttentionJob<'a> {
                     what: "prefix_len",
                     index: vis.prefix_len,
                     limit: capacity + 1,
+                });
+            }
+            if !vis.extra_positions.is_empty() && vis.extra_positions.len() != vis.extra.len() {
+                return Err(Error::Shape {
+                    what: "extra_positions.len() (extra.len())",
+                    expected: vis.extra.len(),
+                    got: vis.extra_positions.len(),
                 });
             }
             if let Some(&bad) = vis.extra.iter().find(|&&t| t as usize >= capacity) {
@@ -378,8 +403,8 @@ fn attend_group(
                     lj,
                 );
             }
-            for (&p, &t) in sc[v.prefix_len..].iter().zip(v.extra) {
-                let lane = t as usize % LANES;
+            for (i, (&p, &t)) in sc[v.prefix_len..].iter().zip(v.extra).enumerate() {
+                let lane = v.extra_position(i) % LANES;
                 (ks.axpy_f16_f32)(
                     p,
                     &job.v_cache[key_of(t as usize)],
@@ -413,7 +438,7 @@ fn softmax(ks: &KernelSet, vis: &RowVisibility, scores: &mut [f32]) {
         c.copy_from_slice(chunk);
         sum += crate::scalar::hsum16(&c) as f64;
     }
-    let rest = (full * LANES..prefix).chain(vis.extra.iter().map(|&t| t as usize));
+    let rest = (full * LANES..prefix).chain((0..vis.extra.len()).map(|i| vis.extra_position(i)));
     let mut chunk = [0.0f32; LANES];
     let mut chunk_id = usize::MAX;
     for (&e, t) in scores[full * LANES..].iter().zip(rest) {

@@ -51,6 +51,7 @@ fn visibilities(prefix: usize, n_rows: usize, extras: &[Vec<u32>]) -> Vec<RowVis
         .map(|i| RowVisibility {
             prefix_len: prefix + (i % 3) * 50,
             extra: &extras[i],
+            extra_positions: &[],
         })
         .collect()
 }
@@ -105,18 +106,22 @@ fn matches_f64_reference() {
         RowVisibility {
             prefix_len: 150,
             extra: &extras[0],
+            extra_positions: &[],
         },
         RowVisibility {
             prefix_len: 65,
             extra: &extras[1],
+            extra_positions: &[],
         },
         RowVisibility {
             prefix_len: 0,
             extra: &extras[2],
+            extra_positions: &[],
         },
         RowVisibility {
             prefix_len: 64,
             extra: &extras[3],
+            extra_positions: &[],
         },
     ];
     let AttentionShape {
@@ -230,6 +235,7 @@ fn shape_errors_are_errors() {
         RowVisibility {
             prefix_len: 9,
             extra: &[],
+            extra_positions: &[],
         },
         RowVisibility::default(),
     ];
@@ -241,6 +247,7 @@ fn shape_errors_are_errors() {
         RowVisibility {
             prefix_len: 1,
             extra: &bad_extra,
+            extra_positions: &[],
         },
         RowVisibility::default(),
     ];

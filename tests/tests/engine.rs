@@ -266,3 +266,49 @@ fn loading_bad_files_gives_typed_errors() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A path that is not the tree's first branch sits in slots away from its
+/// sequence positions; its rows must still equal sequential decoding
+/// bitwise (attention orders softmax chunks and value lanes by position).
+#[test]
+fn a_later_branch_of_a_tree_equals_sequential_decoding() {
+    let Some(engine) = engine() else { return };
+    let tokens = prompt_tokens(&engine, "Write three short sentences about rivers.");
+    let vocab = engine.config().vocab_size;
+    let mut reference = engine.session();
+    reference.set_tokens(&tokens).unwrap();
+    let mut seq = Vec::new();
+    let mut seq_logits = Vec::new();
+    for _ in 0..5 {
+        let t = argmax(reference.logits());
+        seq.push(t);
+        reference.append(&[t]).unwrap();
+        seq_logits.push(reference.logits().to_vec());
+    }
+    // Rows: a three-token decoy branch, then the greedy path as a second
+    // branch from the root (rows 3..8, positions past..past + 5).
+    let decoy = [seq[2], seq[3], seq[4]];
+    let rows: Vec<u32> = decoy.iter().chain(&seq).copied().collect();
+    let n = rows.len();
+    let mut mask = vec![0u8; n * n];
+    for i in 0..3 {
+        for j in 0..=i {
+            mask[i * n + j] = 1;
+        }
+    }
+    for i in 3..n {
+        for j in 3..=i {
+            mask[i * n + j] = 1;
+        }
+    }
+    let mut session = engine.session();
+    session.set_tokens(&tokens).unwrap();
+    let logits = session.eval_tree(&rows, &mask).unwrap();
+    for (i, want) in seq_logits.iter().enumerate() {
+        let row = 3 + i;
+        assert!(
+            logits[row * vocab..(row + 1) * vocab] == want[..],
+            "path node {i} (row {row}) differs from sequential decoding"
+        );
+    }
+}

@@ -81,6 +81,8 @@ struct OpScratch {
     matmul: Vec<MatmulScratch>,
     /// Extra visible cache slots of every row (tree attention), back to back.
     visible_slots: Vec<u32>,
+    /// The sequence position of each entry of `visible_slots`.
+    visible_positions: Vec<u32>,
     /// Per row: (prefix length, start, end) into `visible_slots`.
     visible_ranges: Vec<(usize, usize, usize)>,
 }
@@ -1004,10 +1006,12 @@ impl CpuExecutable {
         vc[past * kv_dim..(past + n) * kv_dim].convert_from_f32_slice(&v_new[..n * kv_dim]);
         let OpScratch {
             visible_slots: slots,
+            visible_positions: positions,
             visible_ranges: ranges,
             ..
         } = scratch;
         slots.clear();
+        positions.clear();
         ranges.clear();
         let tree = match (mask, tree_mask) {
             (MaskKind::Tree, Some(m)) => Some(mem.typed::<u8>(m)?),
@@ -1020,7 +1024,14 @@ impl CpuExecutable {
                 Some(m) => {
                     for j in 0..n {
                         if m[r * width + j] != 0 {
+                            // Row j sits in slot past + j but stands at its
+                            // depth (its visible rows, itself included, minus one).
+                            let depth = m[j * width..j * width + n]
+                                .iter()
+                                .filter(|&&v| v != 0)
+                                .count();
                             slots.push((past + j) as u32);
+                            positions.push((past + depth.saturating_sub(1)) as u32);
                         }
                     }
                     past
@@ -1066,6 +1077,7 @@ impl CpuExecutable {
                     *row = RowVisibility {
                         prefix_len,
                         extra: &scratch.visible_slots[a..b],
+                        extra_positions: &scratch.visible_positions[a..b],
                     };
                 }
                 &stack[..n]
@@ -1074,6 +1086,7 @@ impl CpuExecutable {
                     RowVisibility {
                         prefix_len,
                         extra: &scratch.visible_slots[a..b],
+                        extra_positions: &scratch.visible_positions[a..b],
                     }
                 }));
                 &heap
