@@ -275,6 +275,71 @@ impl Session {
         Ok(logits)
     }
 
+    /// One greedy speculative step. `root` is the token to commit next (the
+    /// model's choice, not yet in the history); `tree` holds draft tokens
+    /// below it. One verify pass computes every row; the root and the draft
+    /// tokens that match the model's own greedy choices are committed (their
+    /// K/V rows moved into place, nothing recomputed), and the model's next
+    /// token after them is returned as the next root.
+    ///
+    /// The committed tokens and the returned one are exactly what plain
+    /// greedy decoding would produce: every row's logits equal sequential
+    /// decoding's bitwise (batch-invariant kernels, attention ordered by
+    /// sequence position).
+    pub fn speculative_step(
+        &mut self,
+        root: u32,
+        tree: &crate::spec::DraftTree,
+    ) -> Result<SpecStep> {
+        let mut rows = Vec::with_capacity(tree.len() + 1);
+        tree.rows(root, &mut rows);
+        let mut mask = Vec::new();
+        tree.mask(&mut mask);
+        let past = self.history.len();
+        let logits = self.eval_tree(&rows, &mask)?;
+        let vocab = self.engine.config().vocab_size;
+        let predicted: Vec<u32> = logits
+            .chunks_exact(vocab)
+            .map(crate::sampler::argmax)
+            .collect();
+        let acceptance = tree
+            .accept_greedy(&predicted)
+            .ok_or_else(|| Error::InvalidOption {
+                name: "tree",
+                message: format!(
+                    "the verify pass returned {} rows for {} tokens",
+                    predicted.len(),
+                    rows.len()
+                ),
+            })?;
+        // Move the accepted rows' K/V next to the root's (row i + 1 of the
+        // pass holds node i). Sources never lie before their destinations.
+        let c = self.engine.config();
+        let row_bytes = c.n_kv_heads * c.head_dim * 2;
+        for (i, &node) in acceptance.path.iter().enumerate() {
+            let (src, dst) = (past + 1 + node, past + 1 + i);
+            if src == dst {
+                continue;
+            }
+            for half in 0..self.state.kv.halves() {
+                if let Some(bytes) = self.state.kv.half_mut(half) {
+                    bytes.copy_within(src * row_bytes..(src + 1) * row_bytes, dst * row_bytes);
+                }
+            }
+        }
+        let accepted: Vec<u32> = acceptance.path.iter().map(|&n| tree.token(n)).collect();
+        self.history.push(root);
+        self.history.extend_from_slice(&accepted);
+        let last_row = acceptance.path.last().map_or(0, |&n| n + 1);
+        self.last_logits.clear();
+        self.last_logits
+            .extend_from_slice(&logits[last_row * vocab..(last_row + 1) * vocab]);
+        Ok(SpecStep {
+            accepted,
+            next: acceptance.bonus,
+        })
+    }
+
     /// Continues `prompt` (a full token sequence: the cached prefix it shares
     /// with the session's history is reused), streaming text pieces to
     /// `on_text` as they complete. `on_text` returns `false` to cancel.
@@ -349,6 +414,15 @@ impl Session {
             timings,
         })
     }
+}
+
+/// What one [`Session::speculative_step`] committed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpecStep {
+    /// Draft tokens accepted after the root (all committed).
+    pub accepted: Vec<u32>,
+    /// The model's next token after them: the next step's root.
+    pub next: u32,
 }
 
 /// Holds back streamed text that could be the start of a stop string.

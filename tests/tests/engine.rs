@@ -312,3 +312,65 @@ fn a_later_branch_of_a_tree_equals_sequential_decoding() {
         );
     }
 }
+
+/// Greedy speculative decoding with each drafter commits exactly the tokens
+/// of plain greedy decoding, at several tree budgets.
+#[test]
+fn speculative_steps_reproduce_plain_greedy_output() {
+    use coordgen::spec::{DraftTree, Drafter, PromptLookup, SamDrafter};
+    let Some(engine) = engine() else { return };
+    let prompt = prompt_tokens(
+        &engine,
+        "Repeat this list exactly: apples, pears, plums, apples, pears, plums, apples.",
+    );
+    let n = 40;
+    let plain = engine
+        .session()
+        .generate(
+            &prompt,
+            &GenerateParams {
+                max_tokens: n,
+                ignore_end_of_generation: true,
+                ..GenerateParams::default()
+            },
+            |_| true,
+        )
+        .unwrap()
+        .tokens;
+    let drafters: Vec<(&str, Box<dyn Drafter>)> = vec![
+        ("pld", Box::new(PromptLookup::default())),
+        ("sam", Box::new(SamDrafter::default())),
+    ];
+    for (name, mut drafter) in drafters {
+        for budget in [3usize, 15, 63] {
+            drafter.reset();
+            let mut session = engine.session();
+            session.set_tokens(&prompt).unwrap();
+            let mut root = argmax(session.logits());
+            let mut out = vec![root];
+            drafter.observe(&prompt);
+            drafter.observe(&[root]);
+            let mut tree = DraftTree::new();
+            let mut accepted = 0;
+            while out.len() < n {
+                tree.clear();
+                drafter.draft(budget, &mut tree);
+                let step = session.speculative_step(root, &tree).unwrap();
+                accepted += step.accepted.len();
+                out.extend_from_slice(&step.accepted);
+                out.push(step.next);
+                drafter.observe(&step.accepted);
+                drafter.observe(&[step.next]);
+                root = step.next;
+            }
+            assert_eq!(
+                out[..n],
+                plain[..],
+                "{name} with budget {budget} changed the output"
+            );
+            // The session's history is the committed sequence.
+            assert_eq!(session.history()[prompt.len()..], out[..out.len() - 1]);
+            eprintln!("{name} budget {budget}: {accepted} draft tokens accepted");
+        }
+    }
+}
