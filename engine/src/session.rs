@@ -347,72 +347,200 @@ impl Session {
         &mut self,
         prompt: &[u32],
         params: &GenerateParams,
-        mut on_text: impl FnMut(&str) -> bool,
+        on_text: impl FnMut(&str) -> bool,
     ) -> Result<Generation> {
         let mut sampler = Sampler::new(params.sampler.clone())?;
         let started = Instant::now();
         let reused = self.set_tokens(prompt)?;
-        let mut timings = Timings {
-            prefill_tokens: prompt.len() - reused,
-            prefill: started.elapsed(),
-            ..Timings::default()
-        };
-        let decode_started = Instant::now();
+        let prefill = started.elapsed();
         let engine = self.engine.clone();
-        let tokenizer = engine.tokenizer();
         let context = self.engine.context_length();
-        let mut decoder = StreamDecoder::new();
-        let mut stops = StopMatcher::new(&params.stop);
-        let mut generated = Vec::new();
-        let mut text = String::new();
-        let mut stop_reason = StopReason::MaxTokens;
-        while generated.len() < params.max_tokens {
+        let mut out = Emitter::new(&engine, params, on_text);
+        loop {
             let token = sampler.sample(&self.last_logits, &self.history);
-            if tokenizer.is_end_of_generation(token) && !params.ignore_end_of_generation {
-                stop_reason = StopReason::EndOfGeneration;
-                break;
-            }
-            generated.push(token);
-            let piece = decoder.push(tokenizer, token)?;
-            let (emit, hit) = stops.push(&piece);
-            text.push_str(&emit);
-            if !emit.is_empty() && !on_text(&emit) {
-                stop_reason = StopReason::Cancelled;
-                break;
-            }
-            if let Some(stop) = hit {
-                stop_reason = StopReason::StopString(stop);
-                break;
-            }
-            if generated.len() == params.max_tokens {
+            if !out.emit(token)? {
                 break;
             }
             if self.history.len() >= context {
-                stop_reason = StopReason::ContextFull;
+                out.stop_reason = StopReason::ContextFull;
                 break;
             }
             self.append(&[token])?;
-            timings.decode_tokens += 1;
+            out.timings.decode_tokens += 1;
         }
+        Ok(out.finish(prompt.len(), reused, prefill))
+    }
+
+    /// [`Session::generate`] with greedy speculative decoding: each step
+    /// `drafter` proposes a tree of at most `budget` draft tokens, one
+    /// verify pass checks it ([`Session::speculative_step`]) and the
+    /// accepted tokens are emitted together. The output is exactly plain
+    /// greedy decoding's. Only the greedy sampler (temperature 0, no
+    /// repetition penalty) is supported so far.
+    pub fn generate_speculative(
+        &mut self,
+        prompt: &[u32],
+        params: &GenerateParams,
+        drafter: &mut dyn crate::spec::Drafter,
+        budget: usize,
+        on_text: impl FnMut(&str) -> bool,
+    ) -> Result<(Generation, SpecStats)> {
+        if !params.sampler.is_greedy() || params.sampler.repetition_penalty != 1.0 {
+            return Err(Error::InvalidOption {
+                name: "sampler",
+                message: "speculative decoding is greedy only for now".into(),
+            });
+        }
+        let started = Instant::now();
+        let reused = self.set_tokens(prompt)?;
+        let prefill = started.elapsed();
+        let engine = self.engine.clone();
+        let context = self.engine.context_length();
+        let mut out = Emitter::new(&engine, params, on_text);
+        let mut stats = SpecStats::default();
+        let mut tree = crate::spec::DraftTree::new();
+        drafter.reset();
+        drafter.observe(&self.history);
+        let mut root = crate::sampler::argmax(&self.last_logits);
+        'steps: loop {
+            if !out.emit(root)? {
+                break;
+            }
+            // The root and its tree must fit the context.
+            let room = context.saturating_sub(self.history.len() + 1);
+            if self.history.len() >= context {
+                out.stop_reason = StopReason::ContextFull;
+                break;
+            }
+            let drafting = Instant::now();
+            drafter.observe(&[root]);
+            tree.clear();
+            drafter.draft(budget.min(room), &mut tree);
+            stats.draft += drafting.elapsed();
+            let verifying = Instant::now();
+            let step = self.speculative_step(root, &tree)?;
+            stats.verify += verifying.elapsed();
+            stats.steps += 1;
+            stats.drafted += tree.len();
+            stats.accepted += step.accepted.len();
+            out.timings.decode_tokens += 1 + step.accepted.len();
+            drafter.observe(&step.accepted);
+            for &t in &step.accepted {
+                if !out.emit(t)? {
+                    break 'steps;
+                }
+            }
+            root = step.next;
+        }
+        Ok((out.finish(prompt.len(), reused, prefill), stats))
+    }
+}
+
+/// What speculative decoding did during one request.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SpecStats {
+    /// Verification passes.
+    pub steps: usize,
+    /// Draft tokens proposed.
+    pub drafted: usize,
+    /// Draft tokens accepted (the bonus token of each step not counted).
+    pub accepted: usize,
+    /// Time spent drafting.
+    pub draft: Duration,
+    /// Time spent in verify passes (including acceptance and K/V moves).
+    pub verify: Duration,
+}
+
+impl SpecStats {
+    /// Mean accepted draft tokens per verification pass.
+    pub fn mean_accepted(&self) -> f64 {
+        self.accepted as f64 / self.steps.max(1) as f64
+    }
+
+    /// Accepted share of the drafted tokens.
+    pub fn acceptance_rate(&self) -> f64 {
+        self.accepted as f64 / self.drafted.max(1) as f64
+    }
+}
+
+/// The output side of generation: end-of-generation and stop strings,
+/// streaming text, cancellation and the token budget.
+struct Emitter<'e, F: FnMut(&str) -> bool> {
+    engine: &'e Engine,
+    params: &'e GenerateParams,
+    on_text: F,
+    decoder: StreamDecoder,
+    stops: StopMatcher,
+    generated: Vec<u32>,
+    text: String,
+    stop_reason: StopReason,
+    timings: Timings,
+    decode_started: Instant,
+}
+
+impl<'e, F: FnMut(&str) -> bool> Emitter<'e, F> {
+    fn new(engine: &'e Engine, params: &'e GenerateParams, on_text: F) -> Self {
+        Emitter {
+            engine,
+            params,
+            on_text,
+            decoder: StreamDecoder::new(),
+            stops: StopMatcher::new(&params.stop),
+            generated: Vec::new(),
+            text: String::new(),
+            stop_reason: StopReason::MaxTokens,
+            timings: Timings::default(),
+            decode_started: Instant::now(),
+        }
+    }
+
+    /// Emits `token`; `false` when generation ends here (the reason is set).
+    fn emit(&mut self, token: u32) -> Result<bool> {
+        if self.generated.len() >= self.params.max_tokens {
+            return Ok(false);
+        }
+        let tokenizer = self.engine.tokenizer();
+        if tokenizer.is_end_of_generation(token) && !self.params.ignore_end_of_generation {
+            self.stop_reason = StopReason::EndOfGeneration;
+            return Ok(false);
+        }
+        self.generated.push(token);
+        let piece = self.decoder.push(tokenizer, token)?;
+        let (emit, hit) = self.stops.push(&piece);
+        self.text.push_str(&emit);
+        if !emit.is_empty() && !(self.on_text)(&emit) {
+            self.stop_reason = StopReason::Cancelled;
+            return Ok(false);
+        }
+        if let Some(stop) = hit {
+            self.stop_reason = StopReason::StopString(stop);
+            return Ok(false);
+        }
+        Ok(self.generated.len() < self.params.max_tokens)
+    }
+
+    fn finish(mut self, prompt_tokens: usize, reused: usize, prefill: Duration) -> Generation {
         if !matches!(
-            stop_reason,
+            self.stop_reason,
             StopReason::StopString(_) | StopReason::Cancelled
         ) {
-            let rest = stops.finish(&decoder.finish());
-            text.push_str(&rest);
+            let rest = self.stops.finish(&self.decoder.finish());
+            self.text.push_str(&rest);
             if !rest.is_empty() {
-                on_text(&rest);
+                (self.on_text)(&rest);
             }
         }
-        timings.decode = decode_started.elapsed();
-        Ok(Generation {
-            tokens: generated,
-            text,
-            stop_reason,
-            prompt_tokens: prompt.len(),
+        self.timings.prefill_tokens = prompt_tokens - reused;
+        self.timings.prefill = prefill;
+        self.timings.decode = self.decode_started.elapsed();
+        Generation {
+            tokens: self.generated,
+            text: self.text,
+            stop_reason: self.stop_reason,
+            prompt_tokens,
             reused_tokens: reused,
-            timings,
-        })
+            timings: self.timings,
+        }
     }
 }
 

@@ -374,3 +374,78 @@ fn speculative_steps_reproduce_plain_greedy_output() {
         }
     }
 }
+
+/// The speculative generate loop streams the same tokens and text as plain
+/// generation, honours stop strings, and refuses non-greedy sampling.
+#[test]
+fn speculative_generation_equals_plain_generation() {
+    use coordgen::spec::{PromptLookup, SamDrafter};
+    let Some(engine) = engine() else { return };
+    let prompt = prompt_tokens(
+        &engine,
+        "Repeat: one two three, one two three, one two three.",
+    );
+    let params = GenerateParams {
+        max_tokens: 48,
+        ..GenerateParams::default()
+    };
+    let plain = engine
+        .session()
+        .generate(&prompt, &params, |_| true)
+        .unwrap();
+    for budget in [1usize, 7, 15] {
+        let mut pld = PromptLookup::default();
+        let mut streamed = String::new();
+        let (spec, stats) = engine
+            .session()
+            .generate_speculative(&prompt, &params, &mut pld, budget, |p| {
+                streamed.push_str(p);
+                true
+            })
+            .unwrap();
+        assert_eq!(spec.tokens, plain.tokens, "pld budget {budget}");
+        assert_eq!(spec.text, plain.text);
+        assert_eq!(streamed, plain.text);
+        assert_eq!(spec.stop_reason, plain.stop_reason);
+        assert!(stats.steps > 0 && stats.accepted <= stats.drafted);
+        let mut sam = SamDrafter::default();
+        let (spec, _) = engine
+            .session()
+            .generate_speculative(&prompt, &params, &mut sam, budget, |_| true)
+            .unwrap();
+        assert_eq!(spec.tokens, plain.tokens, "sam budget {budget}");
+    }
+    // A stop string ends both at the same place.
+    if let Some(word) = plain.text.split_whitespace().nth(3) {
+        let stopping = GenerateParams {
+            stop: vec![word.to_string()],
+            ..params.clone()
+        };
+        let a = engine
+            .session()
+            .generate(&prompt, &stopping, |_| true)
+            .unwrap();
+        let (b, _) = engine
+            .session()
+            .generate_speculative(&prompt, &stopping, &mut SamDrafter::default(), 15, |_| true)
+            .unwrap();
+        assert_eq!((a.text, a.stop_reason), (b.text, b.stop_reason));
+    }
+    let sampling = GenerateParams {
+        sampler: SamplerConfig {
+            temperature: 0.8,
+            ..SamplerConfig::greedy()
+        },
+        ..params
+    };
+    assert!(matches!(
+        engine.session().generate_speculative(
+            &prompt,
+            &sampling,
+            &mut PromptLookup::default(),
+            7,
+            |_| true
+        ),
+        Err(Error::InvalidOption { .. })
+    ));
+}
