@@ -31,6 +31,26 @@ pub struct RunArgs {
     /// Print one JSON object on stdout instead of streaming text
     #[arg(long)]
     pub json: bool,
+    /// Speculative decoding (greedy only): drafts from the prompt and the
+    /// output so far, verified in one pass per step; the output is exactly
+    /// plain greedy decoding's
+    #[arg(long, value_enum, default_value_t = SpecMethod::None)]
+    pub spec: SpecMethod,
+    /// Rows of a verify pass with --spec (the last committed token plus up
+    /// to W - 1 draft tokens); at most the widest verify bucket
+    #[arg(long, value_name = "W", default_value_t = 8)]
+    pub verify_width: usize,
+}
+
+/// A drafter for `--spec`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SpecMethod {
+    /// Plain decoding
+    None,
+    /// Prompt lookup: copy what followed the last n-gram's earliest match
+    Pld,
+    /// Suffix automaton: continuations of the longest repeated suffix
+    Sam,
 }
 
 #[derive(Args, Debug)]
@@ -106,21 +126,37 @@ pub fn run(args: RunArgs) -> Result<()> {
     let mut stdout = std::io::stdout().lock();
     let mut first = true;
     let json = args.json;
-    let generation = session.generate(
-        &tokens,
-        &params(args.max_tokens, &args.stop, &args.sampling),
-        |piece| {
-            if first {
-                bar.finish_and_clear();
-                first = false;
-            }
-            if !json {
-                let _ = stdout.write_all(piece.as_bytes());
-                let _ = stdout.flush();
-            }
-            true
-        },
-    )?;
+    let gen_params = params(args.max_tokens, &args.stop, &args.sampling);
+    let on_text = |piece: &str| {
+        if first {
+            bar.finish_and_clear();
+            first = false;
+        }
+        if !json {
+            let _ = stdout.write_all(piece.as_bytes());
+            let _ = stdout.flush();
+        }
+        true
+    };
+    let mut drafter: Option<Box<dyn coordgen::spec::Drafter>> = match args.spec {
+        SpecMethod::None => None,
+        SpecMethod::Pld => Some(Box::new(coordgen::spec::PromptLookup::default())),
+        SpecMethod::Sam => Some(Box::new(coordgen::spec::SamDrafter::default())),
+    };
+    if drafter.is_some() && args.verify_width < 1 {
+        bail!("--verify-width must be at least 1");
+    }
+    let (generation, spec_stats) = match drafter.as_deref_mut() {
+        None => (session.generate(&tokens, &gen_params, on_text)?, None),
+        Some(d) => {
+            let (g, stats) = session
+                .generate_speculative(&tokens, &gen_params, d, args.verify_width - 1, on_text)
+                .context("speculative decoding")?;
+            (g, Some(stats))
+        }
+    };
+    drop(stdout);
+    let mut stdout = std::io::stdout().lock();
     bar.finish_and_clear();
     if json {
         let t = &generation.timings;
@@ -136,12 +172,35 @@ pub fn run(args: RunArgs) -> Result<()> {
                 "prefill_tps": t.prefill_tokens_per_second(),
                 "decode_ms": t.decode.as_secs_f64() * 1e3,
                 "decode_tps": t.decode_tokens_per_second(),
-            }
+            },
+            "spec": spec_stats.as_ref().map(|s| serde_json::json!({
+                "method": format!("{:?}", args.spec).to_lowercase(),
+                "steps": s.steps,
+                "drafted": s.drafted,
+                "accepted": s.accepted,
+                "mean_accepted": s.mean_accepted(),
+                "acceptance_rate": s.acceptance_rate(),
+                "draft_ms": s.draft.as_secs_f64() * 1e3,
+                "verify_ms": s.verify.as_secs_f64() * 1e3,
+            })),
         });
         writeln!(stdout, "{out}")?;
     } else {
         writeln!(stdout)?;
         print_stats(&generation);
+        if let Some(s) = &spec_stats {
+            eprintln!(
+                "spec {:?}: {} steps, {} drafted, {} accepted ({:.2} per step, {:.0} %); draft {:.1} ms, verify {:.1} ms",
+                args.spec,
+                s.steps,
+                s.drafted,
+                s.accepted,
+                s.mean_accepted(),
+                100.0 * s.acceptance_rate(),
+                s.draft.as_secs_f64() * 1e3,
+                s.verify.as_secs_f64() * 1e3
+            );
+        }
     }
     Ok(())
 }
