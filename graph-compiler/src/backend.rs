@@ -122,17 +122,26 @@ pub struct SessionState {
 pub struct KvCache {
     buf: HostBuffer,
     half_bytes: usize,
+    /// Distance between halves: `half_bytes` plus a few cache lines, so that
+    /// the same row of different halves (K and V of a layer, read together)
+    /// does not land in the same cache sets.
+    half_stride: usize,
     halves: usize,
 }
+
+/// Extra bytes between halves (17 cache lines: odd, so strides never align).
+const HALF_STAGGER: usize = 17 * 64;
 
 impl KvCache {
     /// `halves` halves of `half_bytes` each (a multiple of 8 keeps every
     /// half 8-byte aligned).
     pub fn zeroed(halves: usize, half_bytes: usize) -> Self {
         let half_bytes = half_bytes.next_multiple_of(8);
+        let half_stride = half_bytes.saturating_add(HALF_STAGGER);
         KvCache {
-            buf: HostBuffer::zeroed(halves.saturating_mul(half_bytes)),
+            buf: HostBuffer::zeroed(halves.saturating_mul(half_stride)),
             half_bytes,
+            half_stride,
             halves,
         }
     }
@@ -161,7 +170,7 @@ impl KvCache {
         if id >= self.halves {
             return None;
         }
-        let start = id * self.half_bytes;
+        let start = id * self.half_stride;
         self.buf
             .as_bytes_mut()
             .get_mut(start..start + self.half_bytes)
