@@ -236,7 +236,7 @@ neon_entry_points! {
 /// `fcvtl`: four f16 (bit patterns) → f32, exact.
 #[inline]
 #[target_feature(enable = "neon")]
-fn fcvtl(h: uint16x4_t) -> float32x4_t {
+pub(crate) fn fcvtl(h: uint16x4_t) -> float32x4_t {
     let out: float32x4_t;
     // SAFETY: `fcvtl` is a base Advanced SIMD instruction; it only reads and
     // writes the named vector registers (no memory, no flags).
@@ -254,7 +254,7 @@ fn fcvtl(h: uint16x4_t) -> float32x4_t {
 /// `fcvtl2`: the upper four f16 of `h` → f32, exact.
 #[inline]
 #[target_feature(enable = "neon")]
-fn fcvtl2(h: uint16x8_t) -> float32x4_t {
+pub(crate) fn fcvtl2(h: uint16x8_t) -> float32x4_t {
     let out: float32x4_t;
     // SAFETY: as for `fcvtl`.
     unsafe {
@@ -358,7 +358,7 @@ fn q8_1_headers<const R: usize>(h: [u64; R]) -> (float32x4_t, float32x4_t) {
 /// `t = hi + lo`, then `(t0 + t2) + (t1 + t3)`.
 #[inline]
 #[target_feature(enable = "neon")]
-fn hsum8_f32x4x2([lo, hi]: [float32x4_t; 2]) -> f32 {
+pub(crate) fn hsum8_f32x4x2([lo, hi]: [float32x4_t; 2]) -> f32 {
     let t = vaddq_f32(hi, lo);
     let u = vadd_f32(vget_low_f32(t), vget_high_f32(t));
     vget_lane_f32::<0>(u) + vget_lane_f32::<1>(u)
@@ -387,7 +387,7 @@ fn load_q8(qs: &[i8; QK]) -> [int8x16_t; 2] {
 /// low nibbles) and 16..32 (the high nibbles).
 #[inline]
 #[target_feature(enable = "neon")]
-fn q4_bytes(qs: &[u8; QK / 2]) -> [int8x16_t; 2] {
+pub(crate) fn q4_bytes(qs: &[u8; QK / 2]) -> [int8x16_t; 2] {
     // SAFETY: `qs` is 16 readable bytes; NEON loads need no alignment.
     let v = unsafe { vld1q_u8(qs.as_ptr()) };
     let lo = vandq_u8(v, vdupq_n_u8(0x0F));
@@ -398,7 +398,7 @@ fn q4_bytes(qs: &[u8; QK / 2]) -> [int8x16_t; 2] {
 /// Q4_0 nibbles as signed values `q - 8` (`-8..=7`).
 #[inline]
 #[target_feature(enable = "neon")]
-fn q4_0_values(qs: &[u8; QK / 2]) -> [int8x16_t; 2] {
+pub(crate) fn q4_0_values(qs: &[u8; QK / 2]) -> [int8x16_t; 2] {
     let eight = vdupq_n_s8(8);
     q4_bytes(qs).map(|v| vsubq_s8(v, eight))
 }
@@ -408,7 +408,7 @@ fn q4_0_values(qs: &[u8; QK / 2]) -> [int8x16_t; 2] {
 /// and their pairwise sums fit in i16.
 #[inline]
 #[target_feature(enable = "neon")]
-fn neon_lanes_q4(a: int8x16_t, b: int8x16_t) -> int32x4_t {
+pub(crate) fn neon_lanes_q4(a: int8x16_t, b: int8x16_t) -> int32x4_t {
     let p0 = vmull_s8(vget_low_s8(a), vget_low_s8(b));
     let p1 = vmull_high_s8(a, b);
     vpaddlq_s16(vpaddq_s16(p0, p1))
@@ -418,7 +418,7 @@ fn neon_lanes_q4(a: int8x16_t, b: int8x16_t) -> int32x4_t {
 /// before the second pairwise add (`2 · 128 · 128` overflows i16).
 #[inline]
 #[target_feature(enable = "neon")]
-fn neon_lanes_q8(a: int8x16_t, b: int8x16_t) -> int32x4_t {
+pub(crate) fn neon_lanes_q8(a: int8x16_t, b: int8x16_t) -> int32x4_t {
     let p0 = vmull_s8(vget_low_s8(a), vget_low_s8(b));
     let p1 = vmull_high_s8(a, b);
     vpaddq_s32(vpaddlq_s16(p0), vpaddlq_s16(p1))
@@ -428,7 +428,7 @@ fn neon_lanes_q8(a: int8x16_t, b: int8x16_t) -> int32x4_t {
 /// into a zeroed accumulator.
 #[inline]
 #[target_feature(enable = "neon,dotprod")]
-fn sdot_lanes(a: int8x16_t, b: int8x16_t) -> int32x4_t {
+pub(crate) fn sdot_lanes(a: int8x16_t, b: int8x16_t) -> int32x4_t {
     let mut acc = vdupq_n_s32(0);
     // SAFETY: `sdot` is available (this function's target features, checked
     // by `neon_dotprod_available()` before any caller is reachable); it only

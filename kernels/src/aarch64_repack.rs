@@ -40,10 +40,12 @@
 // would obscure that.
 #![allow(clippy::needless_range_loop)]
 
+use crate::aarch64::{
+    fcvtl, fcvtl2, hsum8_f32x4x2, neon_lanes_q4, neon_lanes_q8, q4_0_values, q4_bytes, sdot_lanes,
+};
 use crate::quant::{BlockQ8_0, BlockQ8_1, QK};
 use crate::repack::{check_group_gemm, ActAux, BlockQ4_0x8, BlockQ4_1x8, BlockQ8_0x8, GROUP};
 use core::arch::aarch64::*;
-use core::arch::asm;
 
 /// Columns per tile: enough to share the weight-side unpacking, few enough
 /// that a pass's accumulators, activations and weights fit in registers.
@@ -114,101 +116,15 @@ group_gemm_entry!(
 );
 
 // ---------------------------------------------------------------------------
-// Helpers (the row kernels' in `crate::aarch64` are private to that module).
+// Helpers of the group kernels (the conversions, integer lanes and `hsum8`
+// they share with the row kernels come from `crate::aarch64`).
 // ---------------------------------------------------------------------------
-
-/// `fcvtl`: four f16 (bit patterns) → f32, exact.
-#[inline]
-#[target_feature(enable = "neon")]
-fn fcvtl(h: uint16x4_t) -> float32x4_t {
-    let out: float32x4_t;
-    // SAFETY: `fcvtl` is a base Advanced SIMD instruction; it only reads and
-    // writes the named vector registers (no memory, no flags).
-    unsafe {
-        asm!(
-            "fcvtl {out:v}.4s, {h:v}.4h",
-            out = lateout(vreg) out,
-            h = in(vreg) h,
-            options(pure, nomem, nostack, preserves_flags),
-        );
-    }
-    out
-}
-
-/// `fcvtl2`: the upper four f16 of `h` → f32, exact.
-#[inline]
-#[target_feature(enable = "neon")]
-fn fcvtl2(h: uint16x8_t) -> float32x4_t {
-    let out: float32x4_t;
-    // SAFETY: as for `fcvtl`.
-    unsafe {
-        asm!(
-            "fcvtl2 {out:v}.4s, {h:v}.8h",
-            out = lateout(vreg) out,
-            h = in(vreg) h,
-            options(pure, nomem, nostack, preserves_flags),
-        );
-    }
-    out
-}
 
 /// Eight f16 (bit patterns) → f32 as lanes 0..4 and 4..8, exact.
 #[inline]
 #[target_feature(enable = "neon")]
 fn f16x8_to_f32(h: uint16x8_t) -> [float32x4_t; 2] {
     [fcvtl(vget_low_u16(h)), fcvtl2(h)]
-}
-
-/// Lane `j` = Σ of `a[k] · b[k]` for `k` in `4j..4j+4`, exact, with plain
-/// NEON, for `|a| <= 15` (4-bit weights): the byte products (`|p| <= 1920`)
-/// and their pairwise sums fit in i16.
-#[inline]
-#[target_feature(enable = "neon")]
-fn neon_lanes_q4(a: int8x16_t, b: int8x16_t) -> int32x4_t {
-    let p0 = vmull_s8(vget_low_s8(a), vget_low_s8(b));
-    let p1 = vmull_high_s8(a, b);
-    vpaddlq_s16(vpaddq_s16(p0, p1))
-}
-
-/// As [`neon_lanes_q4`] for any int8 operands: pairs are widened to i32
-/// before the second pairwise add (`2 · 128 · 128` overflows i16).
-#[inline]
-#[target_feature(enable = "neon")]
-fn neon_lanes_q8(a: int8x16_t, b: int8x16_t) -> int32x4_t {
-    let p0 = vmull_s8(vget_low_s8(a), vget_low_s8(b));
-    let p1 = vmull_high_s8(a, b);
-    vpaddq_s32(vpaddlq_s16(p0), vpaddlq_s16(p1))
-}
-
-/// Lane `j` = Σ of `a[k] · b[k]` for `k` in `4j..4j+4`, exact: one `sdot`
-/// into a zeroed accumulator.
-#[inline]
-#[target_feature(enable = "neon,dotprod")]
-fn sdot_lanes(a: int8x16_t, b: int8x16_t) -> int32x4_t {
-    let mut acc = vdupq_n_s32(0);
-    // SAFETY: `sdot` is available (this function's target features, checked
-    // by `neon_dotprod_available()` before any caller is reachable); it only
-    // reads and writes the named vector registers.
-    unsafe {
-        asm!(
-            "sdot {acc:v}.4s, {a:v}.16b, {b:v}.16b",
-            acc = inout(vreg) acc,
-            a = in(vreg) a,
-            b = in(vreg) b,
-            options(pure, nomem, nostack, preserves_flags),
-        );
-    }
-    acc
-}
-
-/// Sum of the eight lanes `[lo, hi]` in [`crate::scalar::hsum8`]'s order:
-/// `t = hi + lo`, then `(t0 + t2) + (t1 + t3)`.
-#[inline]
-#[target_feature(enable = "neon")]
-fn hsum8_f32x4x2([lo, hi]: [float32x4_t; 2]) -> f32 {
-    let t = vaddq_f32(hi, lo);
-    let u = vadd_f32(vget_low_f32(t), vget_high_f32(t));
-    vget_lane_f32::<0>(u) + vget_lane_f32::<1>(u)
 }
 
 /// `fma(s[lane], x, acc)` per lane (`fmla` by element: one rounding).
@@ -284,27 +200,6 @@ unsafe fn column_operands<A: ActQuants, const C: usize>(
         s[c] = [vmulq_n_f32(dx[0], x.d), vmulq_n_f32(dx[1], x.d)];
     }
     (y, s)
-}
-
-/// 16 packed nibbles (ggml layout) as bytes `0..=15`: elements 0..16 (the
-/// low nibbles) and 16..32 (the high nibbles).
-#[inline]
-#[target_feature(enable = "neon")]
-fn q4_bytes(qs: &[u8; QK / 2]) -> [int8x16_t; 2] {
-    // SAFETY: `qs` is 16 readable bytes; NEON loads need no alignment.
-    let v = unsafe { vld1q_u8(qs.as_ptr()) };
-    let lo = vandq_u8(v, vdupq_n_u8(0x0F));
-    let hi = vshrq_n_u8::<4>(v);
-    [vreinterpretq_s8_u8(lo), vreinterpretq_s8_u8(hi)]
-}
-
-/// Q4_0 nibbles as signed values `q - 8` (`-8..=7`).
-#[inline]
-#[target_feature(enable = "neon")]
-fn q4_0_values(qs: &[u8; QK / 2]) -> [int8x16_t; 2] {
-    let [lo, hi] = q4_bytes(qs);
-    let eight = vdupq_n_s8(8);
-    [vsubq_s8(lo, eight), vsubq_s8(hi, eight)]
 }
 
 /// Q8_0 quants stored `+128` as `u8`, back to signed: elements 0..16 and

@@ -46,7 +46,9 @@ pub use attention::{attention, AttentionJob, AttentionShape, RowVisibility};
 pub use dispatch::{KernelSet, Tier};
 pub use half::{bf16, f16};
 pub use kquant::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, QK_K};
-pub use matmul::{matmul, matmul_unit_count, matmul_units, MatmulScratch, SharedOut, WeightMatrix};
+pub use matmul::{
+    matmul, matmul_unit_count, matmul_units, unit_count, MatmulScratch, SharedOut, WeightMatrix,
+};
 pub use quant::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, QK};
 pub use repack::{BlockQ4_0x8, BlockQ4_1x8, BlockQ8_0x8};
 

@@ -242,9 +242,16 @@ impl MatmulScratch {
 
 /// Number of work units of a `rows`-row matrix (see [`matmul_units`]).
 pub fn matmul_unit_count(w: &WeightMatrix, rows: usize) -> usize {
-    match w.rows_per_group() {
-        1 => rows.div_ceil(ROWS_PER_UNIT),
-        g => rows / g,
+    unit_count(rows, w.rows_per_group() > 1)
+}
+
+/// Work units of a `rows`-row matrix, repacked in 8-row groups or not (the
+/// count depends on nothing else, so an executor can plan it once).
+pub fn unit_count(rows: usize, repacked: bool) -> usize {
+    if repacked {
+        rows / GROUP
+    } else {
+        rows.div_ceil(ROWS_PER_UNIT)
     }
 }
 

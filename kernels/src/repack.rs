@@ -142,12 +142,14 @@ fn check_repack(rows: usize, cols: usize, blocks: usize, out_len: usize) -> Resu
     Ok(bpr)
 }
 
-/// Repacks a row-major Q4_0 matrix (`rows × cols`) into row groups.
-pub fn repack_q4_0(
-    w: &[BlockQ4_0],
+/// The shared repacking loop: `put(dst, r, src)` stores row `r`'s block
+/// `src` into group block `dst`.
+fn repack_with<S, D>(
+    w: &[S],
     rows: usize,
     cols: usize,
-    out: &mut [BlockQ4_0x8],
+    out: &mut [D],
+    put: impl Fn(&mut D, usize, &S),
 ) -> Result<(), Error> {
     let bpr = check_repack(rows, cols, w.len(), out.len())?;
     if bpr == 0 {
@@ -156,13 +158,24 @@ pub fn repack_q4_0(
     for (g, group) in out.chunks_exact_mut(bpr).enumerate() {
         for (i, dst) in group.iter_mut().enumerate() {
             for r in 0..GROUP {
-                let src = &w[(g * GROUP + r) * bpr + i];
-                dst.d[r] = src.d;
-                dst.qs[r] = src.qs;
+                put(dst, r, &w[(g * GROUP + r) * bpr + i]);
             }
         }
     }
     Ok(())
+}
+
+/// Repacks a row-major Q4_0 matrix (`rows × cols`) into row groups.
+pub fn repack_q4_0(
+    w: &[BlockQ4_0],
+    rows: usize,
+    cols: usize,
+    out: &mut [BlockQ4_0x8],
+) -> Result<(), Error> {
+    repack_with(w, rows, cols, out, |dst: &mut BlockQ4_0x8, r, src| {
+        dst.d[r] = src.d;
+        dst.qs[r] = src.qs;
+    })
 }
 
 /// Repacks a row-major Q4_1 matrix (`rows × cols`) into row groups.
@@ -172,20 +185,10 @@ pub fn repack_q4_1(
     cols: usize,
     out: &mut [BlockQ4_1x8],
 ) -> Result<(), Error> {
-    let bpr = check_repack(rows, cols, w.len(), out.len())?;
-    if bpr == 0 {
-        return Ok(());
-    }
-    for (g, group) in out.chunks_exact_mut(bpr).enumerate() {
-        for (i, dst) in group.iter_mut().enumerate() {
-            for r in 0..GROUP {
-                let src = &w[(g * GROUP + r) * bpr + i];
-                dst.dm[r] = [src.d, src.m];
-                dst.qs[r] = src.qs;
-            }
-        }
-    }
-    Ok(())
+    repack_with(w, rows, cols, out, |dst: &mut BlockQ4_1x8, r, src| {
+        dst.dm[r] = [src.d, src.m];
+        dst.qs[r] = src.qs;
+    })
 }
 
 /// Repacks a row-major Q8_0 matrix (`rows × cols`) into row groups.
@@ -195,20 +198,10 @@ pub fn repack_q8_0(
     cols: usize,
     out: &mut [BlockQ8_0x8],
 ) -> Result<(), Error> {
-    let bpr = check_repack(rows, cols, w.len(), out.len())?;
-    if bpr == 0 {
-        return Ok(());
-    }
-    for (g, group) in out.chunks_exact_mut(bpr).enumerate() {
-        for (i, dst) in group.iter_mut().enumerate() {
-            for r in 0..GROUP {
-                let src = &w[(g * GROUP + r) * bpr + i];
-                dst.d[r] = src.d;
-                dst.qs[r] = src.qs.map(|q| (q as u8) ^ 0x80);
-            }
-        }
-    }
-    Ok(())
+    repack_with(w, rows, cols, out, |dst: &mut BlockQ8_0x8, r, src| {
+        dst.d[r] = src.d;
+        dst.qs[r] = src.qs.map(|q| (q as u8) ^ 0x80);
+    })
 }
 
 /// Row `r` (0..8) of a Q4_0 row group, as row-major blocks.

@@ -53,11 +53,21 @@ enum Step {
     /// Matmuls that read none of each other's outputs: thread 0 quantizes
     /// their activations (once per distinct input, into the scratch slot
     /// given next to each op), then all threads split their units.
-    Matmuls(Vec<(usize, usize)>),
+    Matmuls(MatmulPhase),
     /// One attention op: thread 0 writes the new K/V rows into the cache and
     /// lists each row's visible slots, then all threads split the (row,
     /// head) tasks.
     Attention(usize),
+}
+
+/// The matmuls of one phase and their work units, laid out back to back
+/// (the counts depend only on the weights, so they are planned once).
+#[derive(Clone, Debug, Default)]
+struct MatmulPhase {
+    /// `(op index, scratch slot, first unit, units)` of each matmul.
+    ops: Vec<(usize, usize, usize, usize)>,
+    /// Units of the whole phase.
+    total: usize,
 }
 
 /// Most matmuls one phase holds (a layer's Q, K and V make three).
@@ -269,15 +279,18 @@ impl CpuExecutable {
                     let key = (x, self.graph.tensors[w.0].dtype, self.repacked[w.0]);
                     let joins = match steps.last() {
                         // Must not read an output of the phase's other matmuls.
-                        Some(Step::Matmuls(ms)) => {
-                            ms.len() < MAX_PHASE_MATMULS
-                                && ms.iter().all(|&(j, _)| self.graph.nodes[j].output() != x)
+                        Some(Step::Matmuls(phase)) => {
+                            phase.ops.len() < MAX_PHASE_MATMULS
+                                && phase
+                                    .ops
+                                    .iter()
+                                    .all(|&(j, ..)| self.graph.nodes[j].output() != x)
                         }
                         _ => false,
                     };
                     if !joins {
                         slot_keys.clear();
-                        steps.push(Step::Matmuls(Vec::new()));
+                        steps.push(Step::Matmuls(MatmulPhase::default()));
                     }
                     let slot = match slot_keys.iter().position(|k| *k == key) {
                         Some(slot) => slot,
@@ -287,8 +300,11 @@ impl CpuExecutable {
                         }
                     };
                     max_slots = max_slots.max(slot_keys.len());
-                    if let Some(Step::Matmuls(ms)) = steps.last_mut() {
-                        ms.push((i, slot));
+                    let rows = self.graph.tensors[w.0].shape.first().copied().unwrap_or(0);
+                    let units = coordgen_kernels::unit_count(rows, self.repacked[w.0]);
+                    if let Some(Step::Matmuls(phase)) = steps.last_mut() {
+                        phase.ops.push((i, slot, phase.total, units));
+                        phase.total += units;
                     }
                 }
                 Op::Attention { .. } => steps.push(Step::Attention(i)),
@@ -784,10 +800,13 @@ impl TeamRun<'_> {
                     },
                     None,
                 ),
-                Step::Matmuls(ops) => self.phase(
+                Step::Matmuls(phase) => self.phase(
                     index,
-                    |scratch| exe.prepare_matmuls(mem, ops, params, scratch, work),
-                    Some(&|scratch| exe.run_matmul_units(mem, ops, params, scratch, work, index)),
+                    |scratch| {
+                        work.reset(phase.total);
+                        exe.prepare_matmuls(mem, phase, params, scratch)
+                    },
+                    Some(&|scratch| exe.run_matmul_units(mem, phase, params, scratch, work, index)),
                 ),
                 Step::Attention(i) => {
                     let op = &exe.graph.nodes[*i];
@@ -847,19 +866,12 @@ impl CpuExecutable {
     fn prepare_matmuls(
         &self,
         mem: &Memory,
-        ops: &[(usize, usize)],
+        phase: &MatmulPhase,
         params: &ExecParams,
         scratch: &mut OpScratch,
-        work: &WorkSplit,
     ) -> Result<(), Error> {
-        let mut total = 0;
-        for &(i, _) in ops {
-            let (wm, m, ..) = self.matmul_operands(mem, i, params)?;
-            total += coordgen_kernels::matmul_unit_count(&wm, m);
-        }
-        work.reset(total);
         let mut prepared = [false; MAX_PHASE_MATMULS];
-        for &(i, slot) in ops {
+        for &(i, slot, ..) in &phase.ops {
             if prepared.get(slot).copied().unwrap_or(true) {
                 continue;
             }
@@ -903,29 +915,17 @@ impl CpuExecutable {
     fn run_matmul_units(
         &self,
         mem: &Memory,
-        ops: &[(usize, usize)],
+        phase: &MatmulPhase,
         params: &ExecParams,
         scratch: &OpScratch,
         work: &WorkSplit,
         me: usize,
     ) -> Result<(), Error> {
-        if ops.len() > MAX_PHASE_MATMULS {
-            return Err(bad(&self.graph, "too many matmuls in one phase"));
-        }
-        // (first unit, unit count) of each op.
-        let mut spans = [(0usize, 0usize); MAX_PHASE_MATMULS];
-        let mut total = 0;
-        for (span, &(i, _)) in spans.iter_mut().zip(ops) {
-            let (wm, m, ..) = self.matmul_operands(mem, i, params)?;
-            let units = coordgen_kernels::matmul_unit_count(&wm, m);
-            *span = (total, units);
-            total += units;
-        }
         // Steps of ~1/16 of a thread's share: stealing stays fine-grained,
         // the owner's atomics stay rare.
-        let step = total / (16 * work.threads());
+        let step = phase.total / (16 * work.threads());
         while let Some(range) = work.take(me, step) {
-            for (&(first, count), &(i, slot)) in spans.iter().zip(ops) {
+            for &(i, slot, first, count) in &phase.ops {
                 let (start, end) = (range.start.max(first), range.end.min(first + count));
                 if start >= end {
                     continue;

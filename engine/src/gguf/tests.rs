@@ -219,7 +219,8 @@ fn tensor_type_ids_and_blocks() {
 }
 
 #[test]
-fn k_quant_tensors_parse_with_super_block_sizes() {
+fn k_quant_tensors_parse_with_super_block_sizes(
+) -> std::result::Result<(), Box<dyn std::error::Error>> {
     for (type_id, ty, block_bytes) in [
         (12, TensorType::Q4_K, 144u64),
         (13, TensorType::Q5_K, 176),
@@ -229,9 +230,8 @@ fn k_quant_tensors_parse_with_super_block_sizes() {
             .tensor("w", &[512, 2], type_id, 0)
             .pad(32)
             .zeros(4 * block_bytes as usize)
-            .parse()
-            .unwrap();
-        let info = file.tensor("w").unwrap();
+            .parse()?;
+        let info = file.tensor("w").ok_or("tensor w is missing")?;
         assert_eq!(info.ty, ty);
         assert_eq!(info.n_elements, 1024);
         assert_eq!(info.n_bytes, 4 * block_bytes);
@@ -263,6 +263,7 @@ fn k_quant_tensors_parse_with_super_block_sizes() {
             .unwrap_err();
         assert!(matches!(err, Error::TensorOutOfBounds { .. }), "{err}");
     }
+    Ok(())
 }
 
 #[test]

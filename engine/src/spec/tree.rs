@@ -202,13 +202,21 @@ mod tests {
         // rows: root, 10, 11, 13, 12, 14
         // The model predicts 12 after the root, 14 after 12, 99 after 14.
         let predicted = [12, 0, 0, 0, 14, 99];
-        let a = t.accept_greedy(&predicted).unwrap();
-        assert_eq!(a.path, vec![3, 4]);
-        assert_eq!(a.bonus, 99);
+        assert_eq!(
+            t.accept_greedy(&predicted),
+            Some(Acceptance {
+                path: vec![3, 4],
+                bonus: 99
+            })
+        );
         // Nothing matches: only the bonus.
-        let a = t.accept_greedy(&[7, 0, 0, 0, 0, 0]).unwrap();
-        assert!(a.path.is_empty());
-        assert_eq!(a.bonus, 7);
+        assert_eq!(
+            t.accept_greedy(&[7, 0, 0, 0, 0, 0]),
+            Some(Acceptance {
+                path: vec![],
+                bonus: 7
+            })
+        );
         assert!(t.accept_greedy(&[1, 2]).is_none());
     }
 }
