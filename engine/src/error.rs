@@ -194,6 +194,14 @@ pub enum Error {
     /// A sampler setting outside its meaningful range.
     #[error("sampler setting {name} = {value} is out of range")]
     InvalidSampler { name: &'static str, value: f32 },
+    /// Verify-pass logits that are not one row of `vocab` values per row of
+    /// the draft tree (the root plus every node).
+    #[error("tree logits hold {actual} values, expected {rows} rows of {vocab}")]
+    TreeLogitsShape {
+        rows: usize,
+        vocab: usize,
+        actual: usize,
+    },
     /// An option of the engine outside its range.
     #[error("invalid option {name}: {message}")]
     InvalidOption { name: &'static str, message: String },

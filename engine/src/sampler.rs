@@ -201,6 +201,14 @@ impl Sampler {
         &self.candidates
     }
 
+    /// A uniform draw in [0, 1) from the sampler's seeded generator, for
+    /// callers that draw from a [`Sampler::distribution`] themselves
+    /// (speculative sampling's accept/reject tests), so that a fixed seed
+    /// still reproduces a whole run.
+    pub fn next_uniform(&mut self) -> f32 {
+        self.rng.next_f32()
+    }
+
     /// Draws the next token.
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
         if self.config.is_greedy() && self.config.repetition_penalty == 1.0 {

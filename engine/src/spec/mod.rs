@@ -5,15 +5,18 @@
 //! This module holds the parts that need no model: the [`Drafter`] trait,
 //! prompt lookup ([`PromptLookup`]), the suffix automaton ([`SuffixAutomaton`]
 //! and its drafter [`SamDrafter`]), the [`DraftTree`] with its packing into a
-//! verify bucket (rows, tree mask, positions) and greedy acceptance
-//! ([`DraftTree::accept_greedy`]).
+//! verify bucket (rows, tree mask, positions), greedy acceptance
+//! ([`DraftTree::accept_greedy`]) and sampling-mode acceptance that keeps
+//! the sampler's distribution exactly ([`TreeSampling`], [`accept_sampled`]).
 
 mod pld;
 mod sam;
+mod sampling;
 mod tree;
 
 pub use pld::PromptLookup;
 pub use sam::{SamDrafter, SuffixAutomaton};
+pub use sampling::{accept_sampled, TreeSampling};
 pub use tree::{Acceptance, DraftTree, NodeId};
 
 /// Proposes draft tokens for the sequence it has observed.
