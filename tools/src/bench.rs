@@ -1,4 +1,4 @@
-//! `coordgen bench`: speed as a table, JSON and an SVG chart, in two modes.
+//! `coordgen bench`: speed as a table, JSON and an SVG chart, in three modes.
 //!
 //! - Context mode (the default): prefill a real prompt (context documents
 //!   plus an instruction) and decode greedily, as `coordgen run` does.
@@ -6,8 +6,13 @@
 //!   like llama-bench: pseudo-random token ids, `ppN` = N tokens into an empty
 //!   KV cache, `tgN` = N one-token steps from an empty cache, and the cost of
 //!   one all-logits forward pass of width w on top of a filled cache.
+//! - Workload mode (`--workload FILE.jsonl`): speculative decoding against
+//!   plain decoding over a Spec-Bench style prompt file; see
+//!   [`crate::bench_workload`].
 
+use crate::bench_workload::DEFAULT_VERIFY_WIDTH;
 use crate::common::{load_engine, user_message, ModelArgs};
+use crate::run::SpecMethod;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use coordgen::tokenizer::TokenKind;
@@ -33,6 +38,24 @@ Modes:
                relative to width 1: the cost of verifying w draft tokens); the
                widths take turns, one untimed and one timed pass per round.
              A phase runs only when its flag is given; 0 skips it.
+  workload   Chosen by --workload FILE.jsonl (Spec-Bench style: one JSON object a
+             line with \"question_id\", \"category\" and \"turns\"; the first turn is
+             the user message, rendered with the chat template as coordgen run
+             does). Each prompt is decoded greedily with plain decoding (none,
+             always first: the baseline) and then with each --spec drafter at
+             --verify-width, up to -n tokens or end-of-generation. Only decode
+             time counts (the prompt's prefill is not timed, and is reused by the
+             methods after the first). One table per category, then all of them:
+               decode ms/token   decode time / output tokens, summed over prompts
+               tokens/step       output tokens per verify pass (1 + accepted/step)
+               accepted/step     accepted draft tokens per verify pass
+               acceptance        accepted / drafted tokens
+               draft share       drafting time / (drafting + verify passes)
+               speedup           none's ms/token / this method's ms/token
+               mismatches        prompts whose tokens differ from none's
+             Any mismatch (lossless decoding broken) makes bench exit non-zero,
+             after the tables and files are written. One untimed warm-up of each
+             method on the first prompt comes first; --repeat does not apply.
 
 Every test runs once to warm up, then --repeat times; tables show the median
 [min-max]. Progress goes to stderr; with --json stdout holds exactly one JSON
@@ -44,7 +67,19 @@ Examples:
   coordgen bench --prefill 512 --decode 128 --threads 2  # like llama-bench -p 512 -n 128
   coordgen bench --prefill 512 --decode 0 --json         # pp only, one JSON object
   coordgen bench --verify-widths 1,2,4,8,16,32 --depth 1024 --repeat 3 --plot verify.svg
-  coordgen bench --prefill 128 --decode 128 --verify-widths 1,4,8 --json-out bench.json";
+  coordgen bench --prefill 128 --decode 128 --verify-widths 1,4,8 --json-out bench.json
+  coordgen bench --workload tools/workloads/example.jsonl --spec none,pld,sam -n 128
+  coordgen bench --workload prompts.jsonl --limit 5 --verify-width 16 --plot spec.svg";
+
+/// Arguments that choose another mode than workload mode.
+const NOT_WORKLOAD: [&str; 6] = [
+    "prefill",
+    "decode",
+    "verify_widths",
+    "context",
+    "prompt",
+    "repeat",
+];
 
 const SYNTHETIC: [&str; 3] = ["prefill", "decode", "verify_widths"];
 
@@ -66,9 +101,35 @@ pub struct BenchArgs {
         conflicts_with_all = SYNTHETIC
     )]
     pub prompt: String,
-    /// Tokens to generate per run (greedy; end-of-generation is ignored so every run decodes the same count)
-    #[arg(long, short = 'n', value_name = "N", default_value_t = 128, help_heading = "Context mode", conflicts_with_all = SYNTHETIC)]
+    /// Tokens to generate per run, greedily (context mode ignores end-of-generation so every run decodes this many; workload mode stops there)
+    #[arg(long, short = 'n', value_name = "N", default_value_t = 128, help_heading = "Context and workload modes", conflicts_with_all = SYNTHETIC)]
     pub max_tokens: usize,
+
+    /// Spec-Bench style JSONL prompts: compare speculative decoding with plain decoding on them
+    #[arg(long, value_name = "FILE.jsonl", help_heading = "Workload mode", conflicts_with_all = NOT_WORKLOAD)]
+    pub workload: Option<PathBuf>,
+    /// Decoding methods to compare: none (plain; always run first, as the baseline), pld (prompt lookup), sam (suffix automaton)
+    #[arg(
+        long,
+        value_enum,
+        value_name = "M,M,..",
+        value_delimiter = ',',
+        default_value = "none,pld,sam",
+        requires = "workload",
+        help_heading = "Workload mode"
+    )]
+    pub spec: Vec<SpecMethod>,
+    /// Rows of a verify pass: the last committed token plus up to W - 1 draft tokens (as coordgen run --verify-width)
+    #[arg(long, value_name = "W", default_value_t = DEFAULT_VERIFY_WIDTH, requires = "workload", help_heading = "Workload mode")]
+    pub verify_width: usize,
+    /// Only the first N prompts of each category (for quick runs)
+    #[arg(
+        long,
+        value_name = "N",
+        requires = "workload",
+        help_heading = "Workload mode"
+    )]
+    pub limit: Option<usize>,
 
     /// Prefill N pseudo-random tokens into an empty KV cache (ppN)
     #[arg(
@@ -129,7 +190,7 @@ pub struct BenchArgs {
     /// Write the results as JSON to this file
     #[arg(long, value_name = "FILE")]
     pub json_out: Option<PathBuf>,
-    /// Write an SVG bar chart (median, min-max whiskers)
+    /// Write an SVG bar chart (median, min-max whiskers; workload mode: speedup per category and method)
     #[arg(long, value_name = "FILE")]
     pub plot: Option<PathBuf>,
 }
@@ -159,6 +220,18 @@ impl BenchArgs {
 }
 
 pub fn bench(args: BenchArgs) -> Result<()> {
+    if let Some(path) = &args.workload {
+        let outcome = crate::bench_workload::workload_mode(&args, path)?;
+        write_results(&args, &outcome.result, &outcome.chart)?;
+        if outcome.mismatched_prompts > 0 {
+            bail!(
+                "{} prompt(s) decoded differently from plain decoding: speculative decoding \
+                 was not lossless (see the mismatches above)",
+                outcome.mismatched_prompts
+            );
+        }
+        return Ok(());
+    }
     let repeat = args.repeat.unwrap_or(if args.synthetic() { 5 } else { 3 });
     if repeat == 0 {
         bail!("--repeat must be at least 1");
@@ -168,6 +241,11 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     } else {
         context_mode(args.context_files(), &args, repeat)?
     };
+    write_results(&args, &result, &chart)
+}
+
+/// `--json` (stdout), `--json-out` and `--plot`.
+fn write_results(args: &BenchArgs, result: &Value, chart: &str) -> Result<()> {
     if args.json {
         println!("{result}");
     }
@@ -197,14 +275,14 @@ impl BenchArgs {
 
 /// Median, min and max of a sample.
 #[derive(Clone, Copy, Debug, PartialEq)]
-struct Stats {
-    median: f64,
-    min: f64,
-    max: f64,
+pub(crate) struct Stats {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
 }
 
 impl Stats {
-    fn of(samples: &[f64]) -> Stats {
+    pub fn of(samples: &[f64]) -> Stats {
         let mut v = samples.to_vec();
         v.sort_by(f64::total_cmp);
         let median = match v.len() {
@@ -236,14 +314,14 @@ impl Stats {
 }
 
 /// Peak resident set size (VmHWM) of this process, where the OS tells it.
-fn peak_rss_bytes() -> Option<u64> {
+pub(crate) fn peak_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?;
     let kib: u64 = line.trim().strip_suffix("kB")?.trim().parse().ok()?;
     Some(kib * 1024)
 }
 
-fn show_rss(rss: Option<u64>) -> String {
+pub(crate) fn show_rss(rss: Option<u64>) -> String {
     match rss {
         Some(b) => format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0)),
         None => "n/a".to_string(),
@@ -259,7 +337,7 @@ fn tokens_per_second(tokens: usize, seconds: f64) -> f64 {
 }
 
 /// The model's file name, for chart titles.
-fn model_name(engine: &Engine) -> String {
+pub(crate) fn model_name(engine: &Engine) -> String {
     engine.path().file_name().map_or_else(
         || engine.path().display().to_string(),
         |n| n.to_string_lossy().into_owned(),
@@ -324,18 +402,30 @@ impl TokenSource {
 }
 
 /// One line of a bar chart: median with min-max whiskers.
-struct Bar {
-    label: String,
-    stats: Stats,
+pub(crate) struct Bar {
+    pub label: String,
+    pub stats: Stats,
     /// Text above the bar.
-    note: String,
+    pub note: String,
 }
 
 /// One chart of a figure.
-struct Panel {
-    title: String,
-    bars: Vec<Bar>,
-    color: &'static str,
+pub(crate) struct Panel {
+    pub title: String,
+    pub bars: Vec<Bar>,
+    pub color: &'static str,
+}
+
+/// Tokens in the widest verify bucket: the most rows one tree verify pass takes.
+pub(crate) fn widest_verify_bucket(engine: &Engine) -> usize {
+    engine
+        .plan()
+        .options
+        .verify_widths
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or(1)
 }
 
 // ---------------------------------------------------------------- synthetic
@@ -378,14 +468,7 @@ fn synthetic(args: &BenchArgs, repeat: usize) -> Result<(Value, String)> {
             args.depth + widest,
         )?;
         if args.verify_path == VerifyPath::Tree {
-            let max_tree = engine
-                .plan()
-                .options
-                .verify_widths
-                .iter()
-                .copied()
-                .max()
-                .unwrap_or(1);
+            let max_tree = widest_verify_bucket(&engine);
             if widest > max_tree {
                 bail!(
                     "--verify-path tree runs one verify bucket per pass; width {widest} exceeds \
@@ -746,6 +829,25 @@ fn verify_widths(
 
 // ---------------------------------------------------------------- context
 
+/// One user message rendered with the chat template and tokenized, as
+/// `coordgen run` does, checked to leave room for `max_tokens` more.
+pub(crate) fn chat_prompt(
+    engine: &Engine,
+    user_message: impl Into<String>,
+    max_tokens: usize,
+) -> Result<Vec<u32>> {
+    let rendered = engine.render_chat(&[ChatMessage::user(user_message)])?;
+    let tokens = engine.tokenize_chat(&rendered)?;
+    if tokens.len() + max_tokens > engine.context_length() {
+        bail!(
+            "the prompt ({} tokens) plus -n {max_tokens} exceeds the context length {} (--ctx-size)",
+            tokens.len(),
+            engine.context_length()
+        );
+    }
+    Ok(tokens)
+}
+
 struct Run {
     prompt_tokens: usize,
     prefill_ms: f64,
@@ -757,17 +859,11 @@ struct Run {
 
 fn context_mode(context: Vec<PathBuf>, args: &BenchArgs, repeat: usize) -> Result<(Value, String)> {
     let engine = load_engine(&args.model, args.json)?;
-    let rendered =
-        engine.render_chat(&[ChatMessage::user(user_message(&context, &args.prompt)?)])?;
-    let tokens = engine.tokenize_chat(&rendered)?;
-    if tokens.len() + args.max_tokens > engine.context_length() {
-        bail!(
-            "the prompt ({} tokens) plus -n {} exceeds the context length {} (--ctx-size)",
-            tokens.len(),
-            args.max_tokens,
-            engine.context_length()
-        );
-    }
+    let tokens = chat_prompt(
+        &engine,
+        user_message(&context, &args.prompt)?,
+        args.max_tokens,
+    )?;
     let params = GenerateParams {
         max_tokens: args.max_tokens,
         sampler: SamplerConfig::greedy(),
@@ -913,7 +1009,7 @@ fn nice_step(range: f64) -> f64 {
 }
 
 /// Panels stacked vertically; each bar is a median with min-max whiskers.
-fn svg_chart(title: &str, panels: &[Panel]) -> String {
+pub(crate) fn svg_chart(title: &str, panels: &[Panel]) -> String {
     let (w, panel_h, top, left, right, bottom) = (720.0, 300.0, 40.0, 64.0, 24.0, 40.0);
     let h = top + panels.len().max(1) as f64 * panel_h;
     let mut s = String::new();

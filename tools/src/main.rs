@@ -1,6 +1,7 @@
 //! `coordgen`: run, chat with, benchmark, inspect and compile GGUF models.
 
 mod bench;
+mod bench_workload;
 mod common;
 mod inspect;
 mod run;
@@ -17,6 +18,7 @@ Examples:
   coordgen bench --context tools/demo-context.md --prompt \"Summarize.\" --runs 3
   coordgen bench --prefill 512 --decode 128 --threads 2 --json
   coordgen bench --verify-widths 1,2,4,8,16,32 --depth 1024 --plot verify.svg
+  coordgen bench --workload tools/workloads/example.jsonl --spec none,pld,sam
   coordgen inspect --tensors
   coordgen compile --verify-widths 1,8,16
 
@@ -47,7 +49,7 @@ enum Command {
     Run(run::RunArgs),
     /// Interactive multi-turn chat; each turn reuses the KV cache of the last.
     Chat(run::ChatArgs),
-    /// Measure speed: prefill/decode over a context, or llama-bench style pp/tg and verify-width costs.
+    /// Measure speed: prefill/decode over a context, llama-bench style pp/tg and verify-width costs, or speculative decoding over a workload.
     #[command(after_help = bench::HELP)]
     Bench(bench::BenchArgs),
     /// Show a GGUF file's metadata and tensors.
