@@ -78,6 +78,9 @@ pub(crate) struct Inner {
     pub(crate) backend: CpuBackend,
     /// One forward pass at a time: executables keep scratch between runs.
     executables: Mutex<Vec<BucketExecutables>>,
+    /// Verify pass time by width (ms, index = rows), measured once by the
+    /// first speculative request and shared by later ones.
+    pub(crate) verify_costs: Mutex<Option<Vec<f64>>>,
 }
 
 /// A loaded model. Cheap to clone; sessions share it.
@@ -230,6 +233,7 @@ impl Engine {
                 template,
                 backend,
                 executables: Mutex::new(executables),
+                verify_costs: Mutex::new(None),
             }),
         })
     }
@@ -297,6 +301,18 @@ impl Engine {
     /// added when the model asks for it.
     pub fn tokenize_chat(&self, rendered: &str) -> Result<Vec<u32>> {
         self.inner.tokenizer.encode(rendered, true, true)
+    }
+
+    /// The widest verify bucket (most rows one tree pass may hold).
+    pub fn max_verify_width(&self) -> usize {
+        self.inner
+            .plan
+            .options
+            .verify_widths
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or(1)
     }
 
     pub(crate) fn new_state(&self) -> SessionState {

@@ -19,7 +19,10 @@ pub use chat_template::{ChatMessage, ChatTemplate};
 pub use engine::{Engine, EngineOptions, LoadProgress};
 pub use error::{Error, Result};
 pub use sampler::{Sampler, SamplerConfig};
-pub use session::{GenerateParams, Generation, Session, SpecStats, SpecStep, StopReason, Timings};
+pub use session::{
+    Drafting, GenerateParams, Generation, Session, SpecConfig, SpecStats, SpecStep, StopReason,
+    Timings,
+};
 pub use tokenizer::{StreamDecoder, Tokenizer};
 
 /// The graph compiler's plan types, for `coordgen compile` and tooling.

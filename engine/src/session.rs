@@ -96,6 +96,11 @@ pub struct Session {
     /// Logits after the last token of `history` (empty when unknown).
     last_logits: Vec<f32>,
     scratch_logits: Vec<f32>,
+    /// A verify pass's rows, mask, logits and argmaxes (reused every step).
+    verify_rows: Vec<u32>,
+    verify_mask: Vec<u8>,
+    verify_logits: Vec<f32>,
+    verify_predicted: Vec<u32>,
     prefill_progress: Option<Box<dyn FnMut(usize, usize) + Send>>,
 }
 
@@ -111,6 +116,10 @@ impl Session {
             history,
             last_logits: Vec::new(),
             scratch_logits: Vec::new(),
+            verify_rows: Vec::new(),
+            verify_mask: Vec::new(),
+            verify_logits: Vec::new(),
+            verify_predicted: Vec::new(),
             prefill_progress: None,
         }
     }
@@ -261,6 +270,17 @@ impl Session {
     /// `i` sees node `j` (its ancestors and itself).
     pub fn eval_tree(&mut self, tokens: &[u32], mask: &[u8]) -> Result<Vec<f32>> {
         let mut logits = Vec::new();
+        self.eval_tree_into(tokens, mask, &mut logits)?;
+        Ok(logits)
+    }
+
+    /// [`Session::eval_tree`] into a caller's buffer (cleared first).
+    pub fn eval_tree_into(
+        &mut self,
+        tokens: &[u32],
+        mask: &[u8],
+        logits: &mut Vec<f32>,
+    ) -> Result<()> {
         self.engine.forward(
             &mut self.state,
             Pass {
@@ -269,10 +289,9 @@ impl Session {
                 attend: Attend::Tree(mask),
                 wanted: LogitsWanted::All,
             },
-            &mut logits,
+            logits,
             &mut |_, _| {},
-        )?;
-        Ok(logits)
+        )
     }
 
     /// One greedy speculative step. `root` is the token to commit next (the
@@ -291,27 +310,77 @@ impl Session {
         root: u32,
         tree: &crate::spec::DraftTree,
     ) -> Result<SpecStep> {
-        let mut rows = Vec::with_capacity(tree.len() + 1);
+        self.verify_step(root, tree, &mut Acceptor::Greedy)
+    }
+
+    /// [`Session::speculative_step`] in sampling mode: the committed tokens
+    /// and the next root follow `sampler`'s distribution exactly
+    /// ([`crate::spec::TreeSampling`]), as if drawn one at a time.
+    pub fn speculative_step_sampled(
+        &mut self,
+        root: u32,
+        tree: &crate::spec::DraftTree,
+        sampler: &mut Sampler,
+        scratch: &mut crate::spec::TreeSampling,
+    ) -> Result<SpecStep> {
+        self.verify_step(root, tree, &mut Acceptor::Sampled { sampler, scratch })
+    }
+
+    fn verify_step(
+        &mut self,
+        root: u32,
+        tree: &crate::spec::DraftTree,
+        acceptor: &mut Acceptor,
+    ) -> Result<SpecStep> {
+        let mut rows = std::mem::take(&mut self.verify_rows);
+        let mut mask = std::mem::take(&mut self.verify_mask);
+        let mut logits = std::mem::take(&mut self.verify_logits);
         tree.rows(root, &mut rows);
-        let mut mask = Vec::new();
         tree.mask(&mut mask);
-        let past = self.history.len();
-        let logits = self.eval_tree(&rows, &mask)?;
+        let evaluated = self.eval_tree_into(&rows, &mask, &mut logits);
+        let step = evaluated.and_then(|()| self.commit_tree(root, tree, &rows, &logits, acceptor));
+        self.verify_rows = rows;
+        self.verify_mask = mask;
+        self.verify_logits = logits;
+        step
+    }
+
+    /// Accepts a path of an evaluated tree and commits it (see
+    /// [`Session::speculative_step`]).
+    fn commit_tree(
+        &mut self,
+        root: u32,
+        tree: &crate::spec::DraftTree,
+        rows: &[u32],
+        logits: &[f32],
+        acceptor: &mut Acceptor,
+    ) -> Result<SpecStep> {
         let vocab = self.engine.config().vocab_size;
-        let predicted: Vec<u32> = logits
-            .chunks_exact(vocab)
-            .map(crate::sampler::argmax)
-            .collect();
-        let acceptance = tree
-            .accept_greedy(&predicted)
-            .ok_or_else(|| Error::InvalidOption {
-                name: "tree",
-                message: format!(
-                    "the verify pass returned {} rows for {} tokens",
-                    predicted.len(),
-                    rows.len()
-                ),
-            })?;
+        let shape_error = |rows_out: usize| Error::InvalidOption {
+            name: "tree",
+            message: format!(
+                "the verify pass returned {rows_out} rows for {} tokens",
+                rows.len()
+            ),
+        };
+        let past = self.history.len();
+        let acceptance = match acceptor {
+            Acceptor::Greedy => {
+                self.verify_predicted.clear();
+                self.verify_predicted
+                    .extend(logits.chunks_exact(vocab).map(crate::sampler::argmax));
+                tree.accept_greedy(&self.verify_predicted)
+                    .ok_or_else(|| shape_error(self.verify_predicted.len()))?
+            }
+            Acceptor::Sampled { sampler, scratch } => {
+                // The sampler sees the root as history (the repetition
+                // penalty's window), so it goes in first; undone on error.
+                self.history.push(root);
+                let accepted = scratch.accept(tree, logits, vocab, sampler, &self.history);
+                self.history.pop();
+                accepted?
+            }
+        };
         // Move the accepted rows' K/V next to the root's (row i + 1 of the
         // pass holds node i). Sources never lie before their destinations.
         let c = self.engine.config();
@@ -332,12 +401,88 @@ impl Session {
         self.history.extend_from_slice(&accepted);
         let last_row = acceptance.path.last().map_or(0, |&n| n + 1);
         self.last_logits.clear();
-        self.last_logits
-            .extend_from_slice(&logits[last_row * vocab..(last_row + 1) * vocab]);
+        self.last_logits.extend_from_slice(
+            logits
+                .get(last_row * vocab..(last_row + 1) * vocab)
+                .ok_or_else(|| shape_error(logits.len() / vocab.max(1)))?,
+        );
         Ok(SpecStep {
             accepted,
             next: acceptance.bonus,
         })
+    }
+
+    /// Times a verify pass of every width from 1 to `widest` rows after the
+    /// current history (a chain of the last token; nothing is committed), and
+    /// returns the times in ms, index = rows (index 0 unused). Each width is
+    /// the fastest of three passes; widths between measured ones are
+    /// interpolated, and the result never decreases with width.
+    pub fn measure_verify_costs(&mut self, widest: usize) -> Result<Vec<f64>> {
+        let widest = widest.clamp(1, self.engine.max_verify_width());
+        if self.history.len() + widest > self.engine.context_length() {
+            return Err(Error::ContextOverflow {
+                needed: self.history.len() + widest,
+                context: self.engine.context_length(),
+            });
+        }
+        let token = self.history.last().copied().unwrap_or(0);
+        let mut measured: Vec<usize> = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64]
+            .into_iter()
+            .filter(|&w| w < widest)
+            .collect();
+        measured.push(widest);
+        let mut costs = vec![0.0; widest + 1];
+        let mut logits = std::mem::take(&mut self.verify_logits);
+        let mut chain = crate::spec::DraftTree::new();
+        let mut result = Ok(());
+        for &w in &measured {
+            chain.clear();
+            chain.add_path(&vec![token; w - 1], w - 1);
+            let tokens = vec![token; w];
+            let mut mask = Vec::new();
+            chain.mask(&mut mask);
+            let mut best = f64::INFINITY;
+            for _ in 0..3 {
+                let started = Instant::now();
+                if let Err(e) = self.eval_tree_into(&tokens, &mask, &mut logits) {
+                    result = Err(e);
+                    break;
+                }
+                best = best.min(started.elapsed().as_secs_f64() * 1e3);
+            }
+            costs[w] = best;
+        }
+        self.verify_logits = logits;
+        result?;
+        // Linear between measured widths, then non-decreasing.
+        for pair in measured.windows(2) {
+            let (lo, hi) = (pair[0], pair[1]);
+            for w in lo + 1..hi {
+                let t = (w - lo) as f64 / (hi - lo) as f64;
+                costs[w] = costs[lo] + t * (costs[hi] - costs[lo]);
+            }
+        }
+        for w in 2..=widest {
+            costs[w] = costs[w].max(costs[w - 1]);
+        }
+        Ok(costs)
+    }
+
+    /// The verify costs shared through the engine, measured now (at this
+    /// session's depth) if no request has measured them yet.
+    fn verify_costs(&mut self, widest: usize) -> Result<Vec<f64>> {
+        let engine = self.engine.clone();
+        let cache = &engine.inner.verify_costs;
+        if let Some(costs) = cache.lock().ok().and_then(|c| c.clone()) {
+            if costs.len() > widest {
+                return Ok(costs);
+            }
+        }
+        let costs = self.measure_verify_costs(widest)?;
+        if let Ok(mut cached) = cache.lock() {
+            *cached = Some(costs.clone());
+        }
+        Ok(costs)
     }
 
     /// Continues `prompt` (a full token sequence: the cached prefix it shares
@@ -371,60 +516,108 @@ impl Session {
         Ok(out.finish(prompt.len(), reused, prefill))
     }
 
-    /// [`Session::generate`] with greedy speculative decoding: each step
-    /// `drafter` proposes a tree of at most `budget` draft tokens, one
-    /// verify pass checks it ([`Session::speculative_step`]) and the
-    /// accepted tokens are emitted together. The output is exactly plain
-    /// greedy decoding's. Only the greedy sampler (temperature 0, no
-    /// repetition penalty) is supported so far.
+    /// [`Session::generate`] with speculative decoding: each step `drafter`
+    /// proposes candidate continuations, `spec` decides how many of them
+    /// one verify pass checks, and the accepted tokens are emitted together.
+    ///
+    /// The output follows the sampler exactly: with a greedy sampler it is
+    /// plain greedy decoding's, token for token; otherwise every token
+    /// follows the sampler's distribution given the ones before it (tree
+    /// speculative sampling), though the random draws differ from
+    /// [`Session::generate`]'s for the same seed.
     pub fn generate_speculative(
         &mut self,
         prompt: &[u32],
         params: &GenerateParams,
         drafter: &mut dyn crate::spec::Drafter,
-        budget: usize,
+        spec: &SpecConfig,
         on_text: impl FnMut(&str) -> bool,
     ) -> Result<(Generation, SpecStats)> {
-        if !params.sampler.is_greedy() || params.sampler.repetition_penalty != 1.0 {
-            return Err(Error::InvalidOption {
-                name: "sampler",
-                message: "speculative decoding is greedy only for now".into(),
-            });
-        }
+        let mut sampler = Sampler::new(params.sampler.clone())?;
+        let greedy = params.sampler.is_greedy() && params.sampler.repetition_penalty == 1.0;
         let started = Instant::now();
         let reused = self.set_tokens(prompt)?;
         let prefill = started.elapsed();
         let engine = self.engine.clone();
         let context = self.engine.context_length();
+        let max_draft = spec
+            .max_draft
+            .min(engine.max_verify_width().saturating_sub(1));
         let mut out = Emitter::new(&engine, params, on_text);
         let mut stats = SpecStats::default();
+        let mut policy = match spec.drafting {
+            Drafting::Adaptive if max_draft > 0 => {
+                let measuring = Instant::now();
+                let costs = self.verify_costs(max_draft + 1)?;
+                stats.measure = measuring.elapsed();
+                Some(crate::spec::AdaptiveDrafting::new(costs))
+            }
+            _ => None,
+        };
         let mut tree = crate::spec::DraftTree::new();
+        let mut candidates = crate::spec::Candidates::default();
+        let mut sampling = crate::spec::TreeSampling::new();
+        let mut emitted = Vec::with_capacity(max_draft + 1);
+        let drafting = Instant::now();
         drafter.reset();
         drafter.observe(&self.history);
-        let mut root = crate::sampler::argmax(&self.last_logits);
+        stats.draft += drafting.elapsed();
+        let mut root = if greedy {
+            crate::sampler::argmax(&self.last_logits)
+        } else {
+            sampler.sample(&self.last_logits, &self.history)
+        };
         'steps: loop {
             if !out.emit(root)? {
                 break;
             }
-            // The root and its tree must fit the context.
-            let room = context.saturating_sub(self.history.len() + 1);
             if self.history.len() >= context {
                 out.stop_reason = StopReason::ContextFull;
                 break;
             }
+            // The root and its tree must fit the context.
+            let room = context.saturating_sub(self.history.len() + 1);
+            let budget = max_draft.min(room);
             let drafting = Instant::now();
             drafter.observe(&[root]);
             tree.clear();
-            drafter.draft(budget.min(room), &mut tree);
+            candidates.clear();
+            if budget > 0 {
+                drafter.propose(budget, &mut candidates);
+            }
+            match &mut policy {
+                Some(policy) => policy.choose(&candidates, budget, &mut tree),
+                None => {
+                    for (tokens, _) in candidates.iter() {
+                        if tree.len() >= budget {
+                            break;
+                        }
+                        tree.add_path(tokens, budget);
+                    }
+                }
+            }
             stats.draft += drafting.elapsed();
             let verifying = Instant::now();
-            let step = self.speculative_step(root, &tree)?;
+            let step = if greedy {
+                self.speculative_step(root, &tree)?
+            } else {
+                self.speculative_step_sampled(root, &tree, &mut sampler, &mut sampling)?
+            };
             stats.verify += verifying.elapsed();
+            let drafting = Instant::now();
+            if let Some(policy) = &mut policy {
+                emitted.clear();
+                emitted.extend_from_slice(&step.accepted);
+                emitted.push(step.next);
+                policy.learn(&candidates, &emitted);
+            }
+            drafter.observe(&step.accepted);
+            stats.draft += drafting.elapsed();
             stats.steps += 1;
             stats.drafted += tree.len();
             stats.accepted += step.accepted.len();
+            *stats.widths.entry(tree.len() + 1).or_insert(0) += 1;
             out.timings.decode_tokens += 1 + step.accepted.len();
-            drafter.observe(&step.accepted);
             for &t in &step.accepted {
                 if !out.emit(t)? {
                     break 'steps;
@@ -433,6 +626,46 @@ impl Session {
             root = step.next;
         }
         Ok((out.finish(prompt.len(), reused, prefill), stats))
+    }
+}
+
+/// How a speculative step accepts draft tokens.
+enum Acceptor<'a> {
+    /// The model's argmax at every row.
+    Greedy,
+    /// Tree speculative sampling in the sampler's distribution.
+    Sampled {
+        sampler: &'a mut Sampler,
+        scratch: &'a mut crate::spec::TreeSampling,
+    },
+}
+
+/// How much of the drafters' candidates each verify pass checks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Drafting {
+    /// Choose per step, from the measured verify cost by width and the
+    /// request's acceptance so far ([`crate::spec::AdaptiveDrafting`]).
+    #[default]
+    Adaptive,
+    /// Every candidate, up to the draft budget (the drafters' own rules).
+    Fixed,
+}
+
+/// Speculative decoding settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpecConfig {
+    /// Most draft tokens per verify pass (verify width - 1); capped by the
+    /// widest verify bucket.
+    pub max_draft: usize,
+    pub drafting: Drafting,
+}
+
+impl Default for SpecConfig {
+    fn default() -> Self {
+        SpecConfig {
+            max_draft: 15,
+            drafting: Drafting::Adaptive,
+        }
     }
 }
 
@@ -445,10 +678,15 @@ pub struct SpecStats {
     pub drafted: usize,
     /// Draft tokens accepted (the bonus token of each step not counted).
     pub accepted: usize,
-    /// Time spent drafting.
+    /// Time spent drafting: indexing the prompt and output, proposing,
+    /// choosing the tree and learning from each step.
     pub draft: Duration,
     /// Time spent in verify passes (including acceptance and K/V moves).
     pub verify: Duration,
+    /// Time spent measuring verify costs (the first adaptive request only).
+    pub measure: Duration,
+    /// Verify passes by width (rows).
+    pub widths: std::collections::BTreeMap<usize, usize>,
 }
 
 impl SpecStats {
@@ -460,6 +698,16 @@ impl SpecStats {
     /// Accepted share of the drafted tokens.
     pub fn acceptance_rate(&self) -> f64 {
         self.accepted as f64 / self.drafted.max(1) as f64
+    }
+
+    /// Drafting's share of drafting plus verification time.
+    pub fn draft_share(&self) -> f64 {
+        let total = (self.draft + self.verify).as_secs_f64();
+        if total > 0.0 {
+            self.draft.as_secs_f64() / total
+        } else {
+            0.0
+        }
     }
 }
 

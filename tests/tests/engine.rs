@@ -376,10 +376,12 @@ fn speculative_steps_reproduce_plain_greedy_output() {
 }
 
 /// The speculative generate loop streams the same tokens and text as plain
-/// generation, honours stop strings, and refuses non-greedy sampling.
+/// generation (fixed and adaptive drafting, several budgets), honours stop
+/// strings, and samples when the sampler is not greedy.
 #[test]
 fn speculative_generation_equals_plain_generation() {
     use coordgen::spec::{PromptLookup, SamDrafter};
+    use coordgen::{Drafting, SpecConfig};
     let Some(engine) = engine() else { return };
     let prompt = prompt_tokens(
         &engine,
@@ -393,27 +395,35 @@ fn speculative_generation_equals_plain_generation() {
         .session()
         .generate(&prompt, &params, |_| true)
         .unwrap();
-    for budget in [1usize, 7, 15] {
-        let mut pld = PromptLookup::default();
-        let mut streamed = String::new();
-        let (spec, stats) = engine
-            .session()
-            .generate_speculative(&prompt, &params, &mut pld, budget, |p| {
-                streamed.push_str(p);
-                true
-            })
-            .unwrap();
-        assert_eq!(spec.tokens, plain.tokens, "pld budget {budget}");
-        assert_eq!(spec.text, plain.text);
-        assert_eq!(streamed, plain.text);
-        assert_eq!(spec.stop_reason, plain.stop_reason);
-        assert!(stats.steps > 0 && stats.accepted <= stats.drafted);
-        let mut sam = SamDrafter::default();
-        let (spec, _) = engine
-            .session()
-            .generate_speculative(&prompt, &params, &mut sam, budget, |_| true)
-            .unwrap();
-        assert_eq!(spec.tokens, plain.tokens, "sam budget {budget}");
+    for drafting in [Drafting::Fixed, Drafting::Adaptive] {
+        for max_draft in [1usize, 7, 15] {
+            let spec_config = SpecConfig {
+                max_draft,
+                drafting,
+            };
+            let mut pld = PromptLookup::default();
+            let mut streamed = String::new();
+            let (spec, stats) = engine
+                .session()
+                .generate_speculative(&prompt, &params, &mut pld, &spec_config, |p| {
+                    streamed.push_str(p);
+                    true
+                })
+                .unwrap();
+            assert_eq!(spec.tokens, plain.tokens, "pld {spec_config:?}");
+            assert_eq!(spec.text, plain.text);
+            assert_eq!(streamed, plain.text);
+            assert_eq!(spec.stop_reason, plain.stop_reason);
+            assert!(stats.steps > 0 && stats.accepted <= stats.drafted);
+            assert_eq!(stats.widths.values().sum::<usize>(), stats.steps);
+            assert!(stats.widths.keys().all(|&w| w <= max_draft + 1));
+            let mut sam = SamDrafter::default();
+            let (spec, _) = engine
+                .session()
+                .generate_speculative(&prompt, &params, &mut sam, &spec_config, |_| true)
+                .unwrap();
+            assert_eq!(spec.tokens, plain.tokens, "sam {spec_config:?}");
+        }
     }
     // A stop string ends both at the same place.
     if let Some(word) = plain.text.split_whitespace().nth(3) {
@@ -427,25 +437,47 @@ fn speculative_generation_equals_plain_generation() {
             .unwrap();
         let (b, _) = engine
             .session()
-            .generate_speculative(&prompt, &stopping, &mut SamDrafter::default(), 15, |_| true)
+            .generate_speculative(
+                &prompt,
+                &stopping,
+                &mut SamDrafter::default(),
+                &SpecConfig::default(),
+                |_| true,
+            )
             .unwrap();
         assert_eq!((a.text, a.stop_reason), (b.text, b.stop_reason));
     }
+    // Sampling mode: seeded runs repeat, and (on this repetitive prompt)
+    // drafts get accepted. Its distribution is checked in the engine's
+    // tree-sampling tests on fixed logits.
     let sampling = GenerateParams {
         sampler: SamplerConfig {
             temperature: 0.8,
-            ..SamplerConfig::greedy()
+            repetition_penalty: 1.1,
+            seed: 7,
+            ..SamplerConfig::default()
         },
+        ignore_end_of_generation: true,
         ..params
     };
-    assert!(matches!(
-        engine.session().generate_speculative(
-            &prompt,
-            &sampling,
-            &mut PromptLookup::default(),
-            7,
-            |_| true
-        ),
-        Err(Error::InvalidOption { .. })
-    ));
+    let run = || {
+        engine
+            .session()
+            .generate_speculative(
+                &prompt,
+                &sampling,
+                &mut PromptLookup::default(),
+                &SpecConfig {
+                    max_draft: 7,
+                    drafting: Drafting::Fixed,
+                },
+                |_| true,
+            )
+            .unwrap()
+    };
+    let (first, stats) = run();
+    let (again, _) = run();
+    assert_eq!(first.tokens, again.tokens);
+    assert_eq!(first.tokens.len(), sampling.max_tokens);
+    assert!(stats.drafted > 0);
 }

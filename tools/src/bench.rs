@@ -10,9 +10,9 @@
 //!   plain decoding over a Spec-Bench style prompt file; see
 //!   [`crate::bench_workload`].
 
-use crate::bench_workload::DEFAULT_VERIFY_WIDTH;
 use crate::common::{load_engine, user_message, ModelArgs};
 use crate::run::SpecMethod;
+use crate::run::{DraftingArg, DEFAULT_VERIFY_WIDTH};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use coordgen::tokenizer::TokenKind;
@@ -122,6 +122,9 @@ pub struct BenchArgs {
     /// Rows of a verify pass: the last committed token plus up to W - 1 draft tokens (as coordgen run --verify-width)
     #[arg(long, value_name = "W", default_value_t = DEFAULT_VERIFY_WIDTH, requires = "workload", help_heading = "Workload mode")]
     pub verify_width: usize,
+    /// How much of the drafts each verify pass checks (as coordgen run --drafting)
+    #[arg(long, value_enum, default_value_t = DraftingArg::Adaptive, requires = "workload", help_heading = "Workload mode")]
+    pub drafting: DraftingArg,
     /// Only the first N prompts of each category (for quick runs)
     #[arg(
         long,
@@ -416,18 +419,6 @@ pub(crate) struct Panel {
     pub color: &'static str,
 }
 
-/// Tokens in the widest verify bucket: the most rows one tree verify pass takes.
-pub(crate) fn widest_verify_bucket(engine: &Engine) -> usize {
-    engine
-        .plan()
-        .options
-        .verify_widths
-        .iter()
-        .copied()
-        .max()
-        .unwrap_or(1)
-}
-
 // ---------------------------------------------------------------- synthetic
 
 /// A measured synthetic test.
@@ -468,7 +459,7 @@ fn synthetic(args: &BenchArgs, repeat: usize) -> Result<(Value, String)> {
             args.depth + widest,
         )?;
         if args.verify_path == VerifyPath::Tree {
-            let max_tree = widest_verify_bucket(&engine);
+            let max_tree = engine.max_verify_width();
             if widest > max_tree {
                 bail!(
                     "--verify-path tree runs one verify bucket per pass; width {widest} exceeds \

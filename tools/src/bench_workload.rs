@@ -8,23 +8,19 @@
 //! baseline's (speculative decoding is lossless), and only decode time counts.
 
 use crate::bench::{
-    chat_prompt, model_name, peak_rss_bytes, show_rss, svg_chart, widest_verify_bucket, Bar,
-    BenchArgs, Panel, Stats,
+    chat_prompt, model_name, peak_rss_bytes, show_rss, svg_chart, Bar, BenchArgs, Panel, Stats,
 };
 use crate::common::load_engine;
-use crate::run::SpecMethod;
+use crate::run::{spec_config, SpecMethod};
 use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
-use coordgen::spec::{Drafter, PromptLookup, SamDrafter};
-use coordgen::{GenerateParams, Generation, SamplerConfig, Session, SpecStats};
+use coordgen::spec::Drafter;
+use coordgen::{GenerateParams, Generation, SamplerConfig, Session, SpecConfig, SpecStats};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 use std::io::IsTerminal;
 use std::path::Path;
 use std::time::Duration;
-
-/// `--verify-width`'s default, the same as `coordgen run`'s.
-pub const DEFAULT_VERIFY_WIDTH: usize = 8;
 
 /// Tokens each method decodes in the untimed warm-up.
 const WARM_UP_TOKENS: usize = 16;
@@ -139,12 +135,10 @@ struct Decoder {
 
 impl Decoder {
     fn new(method: SpecMethod) -> Decoder {
-        let drafter: Option<Box<dyn Drafter>> = match method {
-            SpecMethod::None => None,
-            SpecMethod::Pld => Some(Box::new(PromptLookup::default())),
-            SpecMethod::Sam => Some(Box::new(SamDrafter::default())),
-        };
-        Decoder { method, drafter }
+        Decoder {
+            method,
+            drafter: method.drafter(),
+        }
     }
 
     /// Decodes `prompt` as `coordgen run --spec` does. The session first
@@ -157,13 +151,13 @@ impl Decoder {
         session: &mut Session,
         prompt: &[u32],
         params: &GenerateParams,
-        budget: usize,
+        spec: &SpecConfig,
     ) -> Result<(Generation, Option<SpecStats>)> {
         Ok(match self.drafter.as_deref_mut() {
             None => (session.generate(prompt, params, |_| true)?, None),
             Some(drafter) => {
                 let (generation, stats) =
-                    session.generate_speculative(prompt, params, drafter, budget, |_| true)?;
+                    session.generate_speculative(prompt, params, drafter, spec, |_| true)?;
                 (generation, Some(stats))
             }
         })
@@ -287,19 +281,16 @@ pub fn workload_mode(args: &BenchArgs, path: &Path) -> Result<WorkloadOutcome> {
     if prompts.is_empty() {
         bail!("the workload {} holds no prompts", path.display());
     }
-    if args.verify_width < 1 {
-        bail!("--verify-width must be at least 1");
-    }
+    let spec = spec_config(args.verify_width, args.drafting)?;
     let methods = methods_in_order(&args.spec);
     let engine = load_engine(&args.model, args.json)?;
-    let widest = widest_verify_bucket(&engine);
+    let widest = engine.max_verify_width();
     if args.verify_width > widest {
         bail!(
             "--verify-width {} exceeds the widest verify bucket ({widest})",
             args.verify_width
         );
     }
-    let budget = args.verify_width - 1;
     let params = GenerateParams {
         max_tokens: args.max_tokens,
         sampler: SamplerConfig::greedy(),
@@ -334,7 +325,7 @@ pub fn workload_mode(args: &BenchArgs, path: &Path) -> Result<WorkloadOutcome> {
     };
     for decoder in &mut decoders {
         decoder
-            .decode(&mut session, &prompt_tokens[0], &warm_up, budget)
+            .decode(&mut session, &prompt_tokens[0], &warm_up, &spec)
             .with_context(|| format!("warm-up with {}", method_name(decoder.method)))?;
     }
 
@@ -344,7 +335,7 @@ pub fn workload_mode(args: &BenchArgs, path: &Path) -> Result<WorkloadOutcome> {
         &prompts,
         &prompt_tokens,
         &params,
-        budget,
+        &spec,
     )?;
 
     let report = Report {
@@ -390,6 +381,7 @@ pub fn workload_mode(args: &BenchArgs, path: &Path) -> Result<WorkloadOutcome> {
         "limit": args.limit,
         "max_tokens": args.max_tokens,
         "verify_width": args.verify_width,
+        "drafting": format!("{:?}", args.drafting).to_lowercase(),
         "methods": methods.iter().map(|&m| method_name(m)).collect::<Vec<_>>(),
         "prompts": prompts.len(),
         "mismatched_prompts": mismatched_prompts,
@@ -420,7 +412,7 @@ fn decode_all(
     prompts: &[WorkloadPrompt],
     prompt_tokens: &[Vec<u32>],
     params: &GenerateParams,
-    budget: usize,
+    spec: &SpecConfig,
 ) -> Result<Vec<Record>> {
     let bar = progress_bar(prompts.len() * decoders.len());
     let mut records = Vec::with_capacity(prompts.len() * decoders.len());
@@ -430,7 +422,7 @@ fn decode_all(
             let name = method_name(decoder.method);
             bar.set_message(format!("{} {} {name}", prompt.category, prompt.id_text()));
             let (generation, spec) = decoder
-                .decode(session, tokens, params, budget)
+                .decode(session, tokens, params, spec)
                 .with_context(|| format!("prompt {} with {name}", prompt.id_text()))?;
             let first_mismatch = if decoder.method == SpecMethod::None {
                 baseline = generation.tokens.clone();
@@ -758,6 +750,7 @@ mod tests {
             accepted: 60,
             draft: Duration::from_millis(10),
             verify: Duration::from_millis(90),
+            ..SpecStats::default()
         };
         let spec = [record(SpecMethod::Sam, 100, 100, Some(stats))];
         let (base, fast) = (Totals::of(plain.iter()), Totals::of(spec.iter()));

@@ -31,15 +31,45 @@ pub struct RunArgs {
     /// Print one JSON object on stdout instead of streaming text
     #[arg(long)]
     pub json: bool,
-    /// Speculative decoding (greedy only): drafts from the prompt and the
-    /// output so far, verified in one pass per step; the output is exactly
-    /// plain greedy decoding's
+    /// Speculative decoding: drafts from the prompt and the output so far,
+    /// verified in one pass per step. Greedy output is exactly plain greedy
+    /// decoding's; sampled output follows the same distribution
     #[arg(long, value_enum, default_value_t = SpecMethod::None)]
     pub spec: SpecMethod,
-    /// Rows of a verify pass with --spec (the last committed token plus up
-    /// to W - 1 draft tokens); at most the widest verify bucket
-    #[arg(long, value_name = "W", default_value_t = 8)]
+    /// Most rows of a verify pass with --spec (the last committed token plus
+    /// up to W - 1 draft tokens); at most the widest verify bucket
+    #[arg(long, value_name = "W", default_value_t = DEFAULT_VERIFY_WIDTH)]
     pub verify_width: usize,
+    /// How much of the drafts each verify pass checks
+    #[arg(long, value_enum, default_value_t = DraftingArg::Adaptive)]
+    pub drafting: DraftingArg,
+}
+
+/// `--verify-width`'s default for `run` and `bench --workload`.
+pub const DEFAULT_VERIFY_WIDTH: usize = 16;
+
+/// `--drafting`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DraftingArg {
+    /// Per step, the draft that maximizes expected tokens per second, from
+    /// the measured verify cost by width and the acceptance so far
+    Adaptive,
+    /// Every candidate the drafter proposes, up to the verify width
+    Fixed,
+}
+
+/// The engine's speculative settings for `--verify-width` and `--drafting`.
+pub fn spec_config(verify_width: usize, drafting: DraftingArg) -> Result<coordgen::SpecConfig> {
+    if verify_width < 1 {
+        bail!("--verify-width must be at least 1");
+    }
+    Ok(coordgen::SpecConfig {
+        max_draft: verify_width - 1,
+        drafting: match drafting {
+            DraftingArg::Adaptive => coordgen::Drafting::Adaptive,
+            DraftingArg::Fixed => coordgen::Drafting::Fixed,
+        },
+    })
 }
 
 /// A drafter for `--spec`.
@@ -51,6 +81,17 @@ pub enum SpecMethod {
     Pld,
     /// Suffix automaton: continuations of the longest repeated suffix
     Sam,
+}
+
+impl SpecMethod {
+    /// A fresh drafter for this method (none for plain decoding).
+    pub fn drafter(self) -> Option<Box<dyn coordgen::spec::Drafter>> {
+        match self {
+            SpecMethod::None => None,
+            SpecMethod::Pld => Some(Box::new(coordgen::spec::PromptLookup::default())),
+            SpecMethod::Sam => Some(Box::new(coordgen::spec::SamDrafter::default())),
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -138,19 +179,13 @@ pub fn run(args: RunArgs) -> Result<()> {
         }
         true
     };
-    let mut drafter: Option<Box<dyn coordgen::spec::Drafter>> = match args.spec {
-        SpecMethod::None => None,
-        SpecMethod::Pld => Some(Box::new(coordgen::spec::PromptLookup::default())),
-        SpecMethod::Sam => Some(Box::new(coordgen::spec::SamDrafter::default())),
-    };
-    if drafter.is_some() && args.verify_width < 1 {
-        bail!("--verify-width must be at least 1");
-    }
+    let mut drafter = args.spec.drafter();
+    let spec = spec_config(args.verify_width, args.drafting)?;
     let (generation, spec_stats) = match drafter.as_deref_mut() {
         None => (session.generate(&tokens, &gen_params, on_text)?, None),
         Some(d) => {
             let (g, stats) = session
-                .generate_speculative(&tokens, &gen_params, d, args.verify_width - 1, on_text)
+                .generate_speculative(&tokens, &gen_params, d, &spec, on_text)
                 .context("speculative decoding")?;
             (g, Some(stats))
         }
@@ -182,6 +217,10 @@ pub fn run(args: RunArgs) -> Result<()> {
                 "acceptance_rate": s.acceptance_rate(),
                 "draft_ms": s.draft.as_secs_f64() * 1e3,
                 "verify_ms": s.verify.as_secs_f64() * 1e3,
+                "draft_share": s.draft_share(),
+                "measure_ms": s.measure.as_secs_f64() * 1e3,
+                "drafting": format!("{:?}", args.drafting).to_lowercase(),
+                "widths": s.widths.iter().map(|(w, n)| (w.to_string(), serde_json::json!(n))).collect::<serde_json::Map<_, _>>(),
             })),
         });
         writeln!(stdout, "{out}")?;
@@ -190,7 +229,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         print_stats(&generation);
         if let Some(s) = &spec_stats {
             eprintln!(
-                "spec {:?}: {} steps, {} drafted, {} accepted ({:.2} per step, {:.0} %); draft {:.1} ms, verify {:.1} ms",
+                "spec {:?}: {} steps, {} drafted, {} accepted ({:.2} per step, {:.0} %); draft {:.1} ms ({:.2} %), verify {:.1} ms",
                 args.spec,
                 s.steps,
                 s.drafted,
@@ -198,6 +237,7 @@ pub fn run(args: RunArgs) -> Result<()> {
                 s.mean_accepted(),
                 100.0 * s.acceptance_rate(),
                 s.draft.as_secs_f64() * 1e3,
+                100.0 * s.draft_share(),
                 s.verify.as_secs_f64() * 1e3
             );
         }

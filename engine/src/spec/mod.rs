@@ -10,14 +10,60 @@
 //! the sampler's distribution exactly ([`TreeSampling`], [`accept_sampled`]).
 
 mod pld;
+mod policy;
 mod sam;
 mod sampling;
 mod tree;
 
 pub use pld::PromptLookup;
+pub use policy::AdaptiveDrafting;
 pub use sam::{SamDrafter, SuffixAutomaton};
 pub use sampling::{accept_sampled, TreeSampling};
 pub use tree::{Acceptance, DraftTree, NodeId};
+
+/// Candidate continuations from a drafter, best first, each with the
+/// length of the context match it comes from. One buffer, reused every step.
+#[derive(Clone, Debug, Default)]
+pub struct Candidates {
+    tokens: Vec<u32>,
+    /// `(start, end, match_len)` into `tokens`.
+    spans: Vec<(usize, usize, usize)>,
+}
+
+impl Candidates {
+    pub fn clear(&mut self) {
+        self.tokens.clear();
+        self.spans.clear();
+    }
+
+    /// Adds a candidate unless it is empty or already present.
+    pub fn push(&mut self, tokens: &[u32], match_len: usize) {
+        if tokens.is_empty() || self.iter().any(|(t, _)| t == tokens) {
+            return;
+        }
+        let start = self.tokens.len();
+        self.tokens.extend_from_slice(tokens);
+        self.spans.push((start, self.tokens.len(), match_len));
+    }
+
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// Candidate `i`: its tokens and match length.
+    pub fn get(&self, i: usize) -> Option<(&[u32], usize)> {
+        let &(start, end, match_len) = self.spans.get(i)?;
+        Some((self.tokens.get(start..end)?, match_len))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&[u32], usize)> {
+        (0..self.len()).filter_map(|i| self.get(i))
+    }
+}
 
 /// Proposes draft tokens for the sequence it has observed.
 pub trait Drafter {
@@ -25,10 +71,23 @@ pub trait Drafter {
     /// committed output token).
     fn observe(&mut self, tokens: &[u32]);
 
-    /// Adds candidate continuations of the observed sequence to `tree` (which
-    /// the caller has cleared), at most `budget` nodes in all.
-    fn draft(&mut self, budget: usize, tree: &mut DraftTree);
+    /// Adds candidate continuations of the observed sequence to `out` (which
+    /// the caller has cleared), best first, each at most `max_len` tokens.
+    fn propose(&mut self, max_len: usize, out: &mut Candidates);
 
     /// Forgets everything observed (a new request).
     fn reset(&mut self);
+
+    /// Fixed drafting: every candidate in order into `tree` (which the
+    /// caller has cleared), at most `budget` nodes in all.
+    fn draft(&mut self, budget: usize, tree: &mut DraftTree) {
+        let mut candidates = Candidates::default();
+        self.propose(budget, &mut candidates);
+        for (tokens, _) in candidates.iter() {
+            if tree.len() >= budget {
+                break;
+            }
+            tree.add_path(tokens, budget);
+        }
+    }
 }

@@ -1,7 +1,7 @@
 //! Prompt lookup decoding (PLD): copy what followed the last n-gram's
 //! earliest earlier occurrence (apoorvumang/prompt-lookup-decoding).
 
-use super::{DraftTree, Drafter};
+use super::{Candidates, Drafter};
 
 /// The PLD drafter. Defaults are the reference implementation's:
 /// n-grams of 3 down to 1 tokens, 10 copied tokens.
@@ -31,8 +31,9 @@ impl Default for PromptLookup {
 impl PromptLookup {
     /// Continuations after earlier occurrences of the last n-gram, for the
     /// longest `n` that has any: earliest occurrence first, each a full
-    /// `num_pred` tokens (as the reference requires), at most `branches`.
-    pub fn candidates(&self) -> Vec<&[u32]> {
+    /// `num_pred` tokens (as the reference requires), at most `branches`;
+    /// with the n-gram's length.
+    pub fn candidates(&self) -> (Vec<&[u32]>, usize) {
         let len = self.seq.len();
         let mut out: Vec<&[u32]> = Vec::new();
         for n in (1..=self.max_ngram.min(len)).rev() {
@@ -47,16 +48,16 @@ impl PromptLookup {
                     if !out.contains(&cand) {
                         out.push(cand);
                         if out.len() >= self.branches.max(1) {
-                            return out;
+                            return (out, n);
                         }
                     }
                 }
             }
             if !out.is_empty() {
-                return out;
+                return (out, n);
             }
         }
-        out
+        (out, 0)
     }
 }
 
@@ -65,12 +66,10 @@ impl Drafter for PromptLookup {
         self.seq.extend_from_slice(tokens);
     }
 
-    fn draft(&mut self, budget: usize, tree: &mut DraftTree) {
-        for cand in self.candidates() {
-            if tree.len() >= budget {
-                break;
-            }
-            tree.add_path(cand, budget);
+    fn propose(&mut self, max_len: usize, out: &mut Candidates) {
+        let (candidates, ngram) = self.candidates();
+        for cand in candidates {
+            out.push(&cand[..cand.len().min(max_len)], ngram);
         }
     }
 
@@ -82,6 +81,7 @@ impl Drafter for PromptLookup {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spec::DraftTree;
 
     #[test]
     fn copies_after_the_earliest_longest_match() {
@@ -91,7 +91,7 @@ mod tests {
         };
         // "a b c d e f ... a b c" → after "a b c" came "d e f".
         pld.observe(&[1, 2, 3, 4, 5, 6, 9, 9, 1, 2, 3]);
-        assert_eq!(pld.candidates(), vec![&[4, 5, 6][..]]);
+        assert_eq!(pld.candidates().0, vec![&[4, 5, 6][..]]);
         let mut tree = DraftTree::new();
         pld.draft(8, &mut tree);
         assert_eq!(tree.len(), 3);
@@ -106,14 +106,14 @@ mod tests {
         };
         pld.observe(&[7, 8, 9, 5, 6, 7]);
         // Only the unigram "7" matches (at 0), followed by "8 9".
-        assert_eq!(pld.candidates(), vec![&[8, 9][..]]);
+        assert_eq!(pld.candidates().0, vec![&[8, 9][..]]);
         // A match whose continuation runs into the end is not used.
         let mut short = PromptLookup {
             num_pred: 3,
             ..Default::default()
         };
         short.observe(&[1, 2, 1]);
-        assert!(short.candidates().is_empty());
+        assert!(short.candidates().0.is_empty());
     }
 
     #[test]
@@ -125,7 +125,7 @@ mod tests {
             ..Default::default()
         };
         pld.observe(&[5, 1, 2, 5, 3, 4, 5, 1, 2, 0, 5]);
-        assert_eq!(pld.candidates(), vec![&[1, 2][..], &[3, 4][..]]);
+        assert_eq!(pld.candidates().0, vec![&[1, 2][..], &[3, 4][..]]);
         let mut tree = DraftTree::new();
         pld.draft(16, &mut tree);
         assert_eq!(tree.len(), 4);

@@ -2,7 +2,7 @@
 //! SAM-decoding drafter on top of it (Hu et al., arXiv 2411.10666; length
 //! rule of the sd.npu authors' port, see the paper digest §2.4).
 
-use super::{DraftTree, Drafter};
+use super::{Candidates, Drafter};
 use std::collections::HashMap;
 
 #[derive(Clone, Debug)]
@@ -185,15 +185,14 @@ impl Drafter for SamDrafter {
         }
     }
 
-    fn draft(&mut self, budget: usize, tree: &mut DraftTree) {
+    fn propose(&mut self, max_len: usize, out: &mut Candidates) {
         let seq = self.sam.sequence();
         for m in self.sam.matches(self.branches.max(1)) {
-            if tree.len() >= budget {
-                break;
-            }
-            let n = self.draft_len(m.len);
+            let n = self.draft_len(m.len).min(max_len);
             let end = (m.next + n).min(seq.len());
-            tree.add_path(&seq[m.next..end], budget);
+            if let Some(tokens) = seq.get(m.next..end) {
+                out.push(tokens, m.len);
+            }
         }
     }
 
@@ -205,6 +204,7 @@ impl Drafter for SamDrafter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spec::DraftTree;
 
     /// Brute force: the longest suffix with an earlier occurrence that has a
     /// continuation, and the first such occurrence.
