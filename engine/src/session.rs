@@ -587,14 +587,7 @@ impl Session {
             }
             match &mut policy {
                 Some(policy) => policy.choose(&candidates, budget, &mut tree),
-                None => {
-                    for (tokens, _) in candidates.iter() {
-                        if tree.len() >= budget {
-                            break;
-                        }
-                        tree.add_path(tokens, budget);
-                    }
-                }
+                None => tree.add_candidates(&candidates, budget),
             }
             stats.draft += drafting.elapsed();
             let verifying = Instant::now();

@@ -83,11 +83,18 @@ pub trait Drafter {
     fn draft(&mut self, budget: usize, tree: &mut DraftTree) {
         let mut candidates = Candidates::default();
         self.propose(budget, &mut candidates);
+        tree.add_candidates(&candidates, budget);
+    }
+}
+
+impl DraftTree {
+    /// Adds every candidate in order, until the tree holds `budget` nodes.
+    pub fn add_candidates(&mut self, candidates: &Candidates, budget: usize) {
         for (tokens, _) in candidates.iter() {
-            if tree.len() >= budget {
+            if self.len() >= budget {
                 break;
             }
-            tree.add_path(tokens, budget);
+            self.add_path(tokens, budget);
         }
     }
 }
