@@ -5,6 +5,7 @@ use crate::sampler::{Sampler, SamplerConfig};
 use crate::tokenizer::StreamDecoder;
 use crate::{Error, Result};
 use coordgen_graph::SessionState;
+use coordgen_kernels::attention::key_index;
 use std::time::{Duration, Instant};
 
 /// Why generation ended.
@@ -384,14 +385,24 @@ impl Session {
         // Move the accepted rows' K/V next to the root's (row i + 1 of the
         // pass holds node i). Sources never lie before their destinations.
         let c = self.engine.config();
-        let row_bytes = c.n_kv_heads * c.head_dim * 2;
+        let kv_dim = c.n_kv_heads * c.head_dim;
+        let row_bytes = kv_dim * 2;
         for (i, &node) in acceptance.path.iter().enumerate() {
             let (src, dst) = (past + 1 + node, past + 1 + i);
             if src == dst {
                 continue;
             }
             for half in 0..self.state.kv.halves() {
-                if let Some(bytes) = self.state.kv.half_mut(half) {
+                let Some(bytes) = self.state.kv.half_mut(half) else {
+                    continue;
+                };
+                if half % 2 == 0 {
+                    // K: the blocked layout (`coordgen_graph::KV_SLOT_BLOCK`).
+                    for col in 0..kv_dim {
+                        let from = 2 * key_index(src, col, kv_dim);
+                        bytes.copy_within(from..from + 2, 2 * key_index(dst, col, kv_dim));
+                    }
+                } else {
                     bytes.copy_within(src * row_bytes..(src + 1) * row_bytes, dst * row_bytes);
                 }
             }

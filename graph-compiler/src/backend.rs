@@ -107,7 +107,9 @@ pub struct SessionState {
     pub boundaries: Vec<HostBuffer>,
     /// Sized for the largest subgraph arena of the plan.
     pub arena: HostBuffer,
-    /// Two halves per layer: K then V, each `[context_length, n_kv_heads * head_dim]` f16.
+    /// Two halves per layer: K then V, each [`crate::kv_capacity`] slots of
+    /// `n_kv_heads * head_dim` f16 (K in the blocked layout of
+    /// [`crate::KV_SLOT_BLOCK`]).
     pub kv: KvCache,
 }
 
@@ -185,8 +187,10 @@ impl SessionState {
             .map(|b| HostBuffer::zeroed(b.dtype.bytes_for(b.elements).unwrap_or(0)))
             .collect();
         let c = &plan.config;
-        let per_half =
-            plan.options.context_length * c.n_kv_heads * c.head_dim * DType::F16.block_bytes();
+        let per_half = crate::kv_capacity(plan.options.context_length)
+            * c.n_kv_heads
+            * c.head_dim
+            * DType::F16.block_bytes();
         let kv = KvCache::zeroed(2 * c.n_layers, per_half);
         let arena_bytes = plan
             .buckets

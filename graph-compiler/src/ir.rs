@@ -94,6 +94,18 @@ pub struct TensorId(pub usize);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct BoundaryId(pub usize);
 
+/// Slots per block of the K cache layout. A K half is whole blocks, each
+/// holding every column of its 16 slots side by side: column `c` of slot
+/// `t` sits at `(t / 16) · 16 · kv_dim + 16 · c + t % 16` (f16), so a score
+/// kernel reads one column of 16 keys as one vector. A V half keeps one row
+/// of `kv_dim` per slot. Both halves hold [`kv_capacity`] slots.
+pub const KV_SLOT_BLOCK: usize = 16;
+
+/// Slots of a KV cache planned for `context_length` tokens: whole blocks.
+pub fn kv_capacity(context_length: usize) -> usize {
+    context_length.div_ceil(KV_SLOT_BLOCK) * KV_SLOT_BLOCK
+}
+
 /// K or V half of a layer's cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 pub enum KvHalf {

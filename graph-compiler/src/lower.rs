@@ -112,7 +112,11 @@ impl Plan {
     /// Bytes of the KV cache at the planned context length (f16 K and V).
     pub fn kv_cache_bytes(&self) -> usize {
         let c = &self.config;
-        2 * c.n_layers * self.options.context_length * c.n_kv_heads * c.head_dim * 2
+        2 * c.n_layers
+            * crate::kv_capacity(self.options.context_length)
+            * c.n_kv_heads
+            * c.head_dim
+            * 2
     }
 
     pub fn boundary_bytes(&self) -> usize {
@@ -481,7 +485,7 @@ impl Lowering<'_> {
                 )),
             ),
         };
-        let capacity = self.options.context_length;
+        let capacity = crate::kv_capacity(self.options.context_length);
         let mut hidden = input;
         for l in first..first + count {
             let last = l + 1 == first + count;

@@ -55,7 +55,7 @@
 //! rayon's global pool (`RAYON_NUM_THREADS=1` for a one-core figure). On a
 //! shared or busy machine, compare numbers from the same run only.
 
-use coordgen_kernels::attention::{attention, AttentionShape, RowVisibility};
+use coordgen_kernels::attention::{attention, AttentionShape, BlockedKeys, RowVisibility};
 use coordgen_kernels::quant::{
     quantize_row_q4_0, quantize_row_q4_1, quantize_row_q8_0, BlockQ8_0, BlockQ8_1, QK,
 };
@@ -391,10 +391,11 @@ fn f16_kernels(c: &mut Criterion) {
 // ---------------------------------------------------------------- attn
 
 fn attn(c: &mut Criterion) {
-    // One KV head's keys/values over SLOTS slots of a 3-KV-head cache.
+    // One KV head's keys/values over SLOTS slots of a 3-KV-head cache (the
+    // keys in the blocked layout).
     let k = random_f16(SLOTS * KV_STRIDE, 9);
     let v = random_f16(SLOTS * KV_STRIDE, 10);
-    let q16: Vec<f32> = random_f16(4 * HEAD_DIM, 12)
+    let q16: Vec<f32> = random_f16(6 * HEAD_DIM, 12)
         .iter()
         .map(|h| h.to_f32())
         .collect();
@@ -408,43 +409,33 @@ fn attn(c: &mut Criterion) {
     let flops_one = (2 * SLOTS * HEAD_DIM) as u64;
     let mut g = group(c, "attn");
     g.throughput(Throughput::Elements(flops_one));
-    for ks in kernel_sets() {
-        let f = black_box(ks.attn_scores_f16);
-        let mut scores = vec![0.0f32; SLOTS];
-        g.bench_function(format!("scores_f16/{}", ks.tier), |b| {
-            b.iter(|| {
-                f(
-                    &q16[..HEAD_DIM],
-                    black_box(&k),
-                    KV_STRIDE,
-                    scale,
-                    &mut scores,
-                );
-                black_box(&mut scores);
-            })
-        });
+    let keys = BlockedKeys {
+        cache: &k,
+        kv_dim: KV_STRIDE,
+        offset: HEAD_DIM,
+    };
+    for m in [1, 4, 6] {
+        g.throughput(Throughput::Elements(m as u64 * flops_one));
+        for ks in kernel_sets() {
+            let f = black_box(ks.attn_scores_f16);
+            let mut scores = vec![0.0f32; m * SLOTS];
+            g.bench_function(format!("scores_f16/m={m}/{}", ks.tier), |b| {
+                b.iter(|| {
+                    f(
+                        &q16[..m * HEAD_DIM],
+                        m,
+                        black_box(keys),
+                        0..SLOTS,
+                        scale,
+                        &mut scores,
+                        SLOTS,
+                    );
+                    black_box(&mut scores);
+                })
+            });
+        }
     }
     let m = 4;
-    g.throughput(Throughput::Elements(m as u64 * flops_one));
-    for ks in kernel_sets() {
-        let f = black_box(ks.attn_scores_f16_multi);
-        let mut scores = vec![0.0f32; m * SLOTS];
-        g.bench_function(format!("scores_f16_multi/m={m}/{}", ks.tier), |b| {
-            b.iter(|| {
-                f(
-                    &q16,
-                    m,
-                    black_box(&k),
-                    KV_STRIDE,
-                    scale,
-                    SLOTS,
-                    &mut scores,
-                    SLOTS,
-                );
-                black_box(&mut scores);
-            })
-        });
-    }
     g.throughput(Throughput::Elements(m as u64 * flops_one));
     for ks in kernel_sets() {
         let f = black_box(ks.attn_values_f16_multi);

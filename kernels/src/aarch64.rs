@@ -96,12 +96,38 @@ pub(crate) fn neon_kernel_set() -> KernelSet {
         scale_round_f16: neon_scale_round_f16,
         exp_f32: neon_exp_f32,
         silu_mul_f32: neon_silu_mul_f32,
+        attn_scores_f16: neon_attn_scores_f16,
         prefers_repacked: true,
         gemm_q4_0_x8: crate::aarch64_repack::neon_gemm_q4_0_x8,
         gemm_q4_1_x8: crate::aarch64_repack::neon_gemm_q4_1_x8,
         gemm_q8_0_x8: crate::aarch64_repack::neon_gemm_q8_0_x8,
         ..SCALAR_KERNELS
     }
+}
+
+/// The portable block kernel: on aarch64 the compiler vectorizes its
+/// 16-slot rows with NEON FMAs (`f32::mul_add` is `fmla`).
+#[allow(clippy::too_many_arguments)]
+fn neon_attn_scores_f16(
+    q16: &[f32],
+    m: usize,
+    keys: crate::attention::BlockedKeys,
+    slots: std::ops::Range<usize>,
+    scale: f32,
+    scores: &mut [f32],
+    scores_stride: usize,
+) {
+    use half::slice::HalfFloatSliceExt;
+    crate::scalar::blocked_scores_portable(
+        |x: &[half::f16], y: &mut [f32]| x.convert_to_f32_slice(y),
+        q16,
+        m,
+        keys,
+        slots,
+        scale,
+        scores,
+        scores_stride,
+    );
 }
 
 pub(crate) fn neon_dotprod_kernel_set() -> KernelSet {

@@ -5,6 +5,14 @@
 //! extra slots), which covers plain decoding, chunked prefill and tree
 //! verification (a draft token sees the prefix and its tree ancestors).
 //!
+//! **Key layout.** The K cache is blocked by [`KEY_BLOCK`] slots: a block
+//! holds, for each of the `kv_dim` columns, that column of its 16 slots
+//! side by side ([`key_index`]). A score kernel then loads one column of 16
+//! slots as one vector and runs the 16-lane dot of every slot in a
+//! register lane, so the keys are converted once per block for all the
+//! queries of a task and no horizontal reduction is needed. The V cache
+//! keeps one row per slot.
+//!
 //! **Batch invariance.** A (row, head) result depends only on its query, its
 //! visible slots (in the given order) and the cache contents, whatever the
 //! number of rows or the thread split.
@@ -13,7 +21,136 @@ use crate::dispatch::KernelSet;
 use crate::matmul::SharedOut;
 use crate::{check_len, Error};
 use half::f16;
+use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
+
+/// Slots per block of the K cache layout (see the module docs).
+pub const KEY_BLOCK: usize = 16;
+
+/// Index of column `col` (`kv_head · head_dim + d`) of slot `slot` in a K
+/// cache with `kv_dim` columns per slot.
+#[inline(always)]
+pub fn key_index(slot: usize, col: usize, kv_dim: usize) -> usize {
+    (slot / KEY_BLOCK) * KEY_BLOCK * kv_dim + col * KEY_BLOCK + slot % KEY_BLOCK
+}
+
+/// Values a K cache of `capacity` slots holds: whole blocks only.
+pub fn key_cache_len(capacity: usize, kv_dim: usize) -> usize {
+    capacity
+        .div_ceil(KEY_BLOCK)
+        .saturating_mul(KEY_BLOCK)
+        .saturating_mul(kv_dim)
+}
+
+/// Writes `rows.len() / kv_dim` keys (f32 rows of `kv_dim`, rounded to f16
+/// with round-to-nearest-even) into slots `first_slot..` of a blocked K
+/// cache.
+///
+/// Returns an error when `rows` is not whole rows or the slots do not fit.
+pub fn store_keys(
+    cache: &mut [f16],
+    kv_dim: usize,
+    first_slot: usize,
+    rows: &[f32],
+) -> Result<(), Error> {
+    if kv_dim == 0 || !rows.len().is_multiple_of(kv_dim) {
+        return Err(Error::NotMultiple {
+            what: "key rows length",
+            multiple_of: kv_dim,
+            got: rows.len(),
+        });
+    }
+    let end = first_slot.saturating_add(rows.len() / kv_dim);
+    if key_cache_len(end, kv_dim) > cache.len() {
+        return Err(Error::OutOfRange {
+            what: "key slot",
+            index: end.saturating_sub(1),
+            limit: cache.len() / kv_dim,
+        });
+    }
+    // half's slice conversion uses F16C / NEON when the CPU has them (the
+    // same round-to-nearest-even as the per-value conversion).
+    let mut converted = [f16::ZERO; 64];
+    for (i, row) in rows.chunks_exact(kv_dim).enumerate() {
+        let base = key_index(first_slot + i, 0, kv_dim);
+        for (c0, part) in (0..).step_by(64).zip(row.chunks(64)) {
+            let halves = &mut converted[..part.len()];
+            halves.convert_from_f32_slice(part);
+            for (c, &h) in (c0..).zip(halves.iter()) {
+                cache[base + c * KEY_BLOCK] = h;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Copies the key of slot `src` over the key of slot `dst` (KV compaction
+/// after a verification step).
+///
+/// Returns an error when a slot is beyond the cache.
+pub fn move_key(cache: &mut [f16], kv_dim: usize, src: usize, dst: usize) -> Result<(), Error> {
+    let limit = cache.len() / kv_dim.max(1);
+    for slot in [src, dst] {
+        if kv_dim == 0 || key_cache_len(slot + 1, kv_dim) > cache.len() {
+            return Err(Error::OutOfRange {
+                what: "key slot",
+                index: slot,
+                limit,
+            });
+        }
+    }
+    let (from, to) = (key_index(src, 0, kv_dim), key_index(dst, 0, kv_dim));
+    for c in 0..kv_dim {
+        cache[to + c * KEY_BLOCK] = cache[from + c * KEY_BLOCK];
+    }
+    Ok(())
+}
+
+/// One KV head's keys in a blocked K cache (see [`key_index`]).
+#[derive(Clone, Copy, Debug)]
+pub struct BlockedKeys<'a> {
+    /// The layer's whole K cache: whole blocks of `kv_dim × 16` values.
+    pub cache: &'a [f16],
+    /// Columns per slot (`n_kv_heads · head_dim`).
+    pub kv_dim: usize,
+    /// The head's first column (`kv_head · head_dim`).
+    pub offset: usize,
+}
+
+impl BlockedKeys<'_> {
+    /// Element `d` of slot `slot`'s key.
+    #[inline(always)]
+    pub fn get(&self, slot: usize, d: usize) -> f16 {
+        self.cache[key_index(slot, self.offset + d, self.kv_dim)]
+    }
+
+    /// Slot `slot`'s key (`out.len()` elements).
+    pub fn gather(&self, slot: usize, out: &mut [f16]) {
+        let base = key_index(slot, self.offset, self.kv_dim);
+        for (d, o) in out.iter_mut().enumerate() {
+            *o = self.cache[base + d * KEY_BLOCK];
+        }
+    }
+
+    /// The `16 · head_dim` values of block `block` for this head: column
+    /// `d` of the block's 16 slots at `16 · d..16 · d + 16`.
+    #[inline(always)]
+    pub fn block(&self, block: usize, head_dim: usize) -> &[f16] {
+        let base = block * KEY_BLOCK * self.kv_dim + self.offset * KEY_BLOCK;
+        &self.cache[base..base + KEY_BLOCK * head_dim]
+    }
+
+    /// Panics unless the slots before `end` and columns `offset..offset +
+    /// head_dim` are inside the cache (the kernels' common precondition).
+    #[track_caller]
+    pub(crate) fn assert_covers(&self, end: usize, head_dim: usize) {
+        assert!(
+            self.offset + head_dim <= self.kv_dim
+                && key_cache_len(end, self.kv_dim) <= self.cache.len(),
+            "attn_scores: key cache too short"
+        );
+    }
+}
 
 /// Attention head geometry.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -76,8 +213,9 @@ pub struct AttentionJob<'a> {
 
 impl<'a> AttentionJob<'a> {
     /// Checks the operands: `q` is `n_rows × n_heads × head_dim` (`n_rows =
-    /// rows.len()`); `k_cache` and `v_cache` are `capacity × n_kv_heads ×
-    /// head_dim` f16. Head `h` reads KV head `h / (n_heads / n_kv_heads)`.
+    /// rows.len()`); `v_cache` is `capacity × n_kv_heads × head_dim` f16 and
+    /// `k_cache` the same slots in the blocked layout ([`key_cache_len`]
+    /// values). Head `h` reads KV head `h / (n_heads / n_kv_heads)`.
     ///
     /// Returns an error when the slices do not match the shape or a visible
     /// slot is beyond the cache capacity.
@@ -104,20 +242,20 @@ impl<'a> AttentionJob<'a> {
         }
         let q_len = rows.len().saturating_mul(n_heads).saturating_mul(head_dim);
         check_len("q.len() (n_rows * n_heads * head_dim)", q_len, q.len())?;
-        check_len(
-            "v_cache.len() (== k_cache.len())",
-            k_cache.len(),
-            v_cache.len(),
-        )?;
         let kv_stride = n_kv_heads * head_dim;
-        if kv_stride == 0 || !k_cache.len().is_multiple_of(kv_stride) {
+        if kv_stride == 0 || !v_cache.len().is_multiple_of(kv_stride) {
             return Err(Error::NotMultiple {
-                what: "k_cache.len()",
+                what: "v_cache.len()",
                 multiple_of: kv_stride,
-                got: k_cache.len(),
+                got: v_cache.len(),
             });
         }
-        let capacity = k_cache.len() / kv_stride;
+        let capacity = v_cache.len() / kv_stride;
+        check_len(
+            "k_cache.len() (the V cache's slots in whole key blocks)",
+            key_cache_len(capacity, kv_stride),
+            k_cache.len(),
+        )?;
         let mut work = 0usize;
         for vis in rows {
             if vis.prefix_len > capacity {
@@ -290,7 +428,8 @@ const LANES: usize = 16;
 ///
 /// * scores: the query rounded to f16, `k · q` in tinyBLAS's 16-lane order
 ///   ([`KernelSet::dot_f16_f32`]), times `scale`; over the prefix that all
-///   the rows see, [`KernelSet::attn_scores_f16_multi`] does every row at once;
+///   the rows see, [`KernelSet::attn_scores_f16`] does every query of the
+///   task at once, and over a row's own slots every head of the row;
 /// * softmax: `ggml_v_expf(s - max)`; the exps are summed per 16-slot chunk
 ///   of the KV cache (slot `t` in chunk `t / 16`, lane `t % 16`, invisible
 ///   slots contributing exact zeros as llama.cpp's masked ones do) with
@@ -328,13 +467,23 @@ fn attend_group(
         .map(|v| v.prefix_len + v.extra.len())
         .max()
         .unwrap_or(0);
-    let key_of = |t: usize| -> std::ops::Range<usize> {
+    let keys = BlockedKeys {
+        cache: job.k_cache,
+        kv_dim: kv_stride,
+        offset: kv_off,
+    };
+    let value_of = |t: usize| -> std::ops::Range<usize> {
         let base = t * kv_stride + kv_off;
         base..base + head_dim
     };
     SCRATCH.with(|cell| {
         let mut scratch = cell.borrow_mut();
-        let Scratch { q16, scores, lanes } = &mut *scratch;
+        let Scratch {
+            q16,
+            scores,
+            lanes,
+            key,
+        } = &mut *scratch;
         q16.clear();
         for r in rows.clone() {
             for h in heads.clone() {
@@ -346,34 +495,40 @@ fn attend_group(
         scores.clear();
         scores.resize(m * longest, 0.0);
         if common > 0 {
-            (ks.attn_scores_f16_multi)(
-                q16,
-                m,
-                &job.k_cache[kv_off..],
-                kv_stride,
-                scale,
-                common,
-                scores,
-                longest,
-            );
+            (ks.attn_scores_f16)(q16, m, keys, 0..common, scale, scores, longest);
+        }
+        key.clear();
+        key.resize(head_dim, f16::ZERO);
+        // Each row's own slots, for all the heads of the row at once.
+        for (i, v) in vis.iter().enumerate() {
+            let first = i * n_heads_here;
+            let qs = &q16[first * head_dim..(first + n_heads_here) * head_dim];
+            let sc = &mut scores[first * longest..];
+            if v.prefix_len > common {
+                (ks.attn_scores_f16)(
+                    qs,
+                    n_heads_here,
+                    keys,
+                    common..v.prefix_len,
+                    scale,
+                    &mut sc[common..],
+                    longest,
+                );
+            }
+            for (e, &t) in v.extra.iter().enumerate() {
+                keys.gather(t as usize, key);
+                for (h, q) in qs.chunks_exact(head_dim).enumerate() {
+                    sc[h * longest + v.prefix_len + e] = (ks.dot_f16_f32)(key, q) * scale;
+                }
+            }
         }
         for j in 0..m {
             let v = &vis[j / n_heads_here];
-            let q = &q16[j * head_dim..(j + 1) * head_dim];
-            let sc = &mut scores[j * longest..j * longest + v.prefix_len + v.extra.len()];
-            if v.prefix_len > common {
-                (ks.attn_scores_f16)(
-                    q,
-                    &job.k_cache[common * kv_stride + kv_off..],
-                    kv_stride,
-                    scale,
-                    &mut sc[common..v.prefix_len],
-                );
-            }
-            for (s, &t) in sc[v.prefix_len..].iter_mut().zip(v.extra) {
-                *s = (ks.dot_f16_f32)(&job.k_cache[key_of(t as usize)], q) * scale;
-            }
-            softmax(ks, v, sc);
+            softmax(
+                ks,
+                v,
+                &mut scores[j * longest..j * longest + v.prefix_len + v.extra.len()],
+            );
         }
         let per = LANES * head_dim;
         lanes.clear();
@@ -407,7 +562,7 @@ fn attend_group(
                 let lane = v.extra_position(i) % LANES;
                 (ks.axpy_f16_f32)(
                     p,
-                    &job.v_cache[key_of(t as usize)],
+                    &job.v_cache[value_of(t as usize)],
                     &mut lj[lane * head_dim..(lane + 1) * head_dim],
                 );
             }
@@ -484,6 +639,8 @@ struct Scratch {
     scores: Vec<f32>,
     /// `16 × head_dim` per-lane partial outputs of each query.
     lanes: Vec<f32>,
+    /// One gathered key (tree slots outside the prefix).
+    key: Vec<f16>,
 }
 
 thread_local! {

@@ -8,6 +8,7 @@
 //! function that assumes the tier's CPU features; [`KernelSet::for_tier`]
 //! only builds such a set after checking those features at run time.
 
+use crate::attention::BlockedKeys;
 use crate::quant::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1};
 use crate::repack::{self, BlockQ4_0x8, BlockQ4_1x8, BlockQ8_0x8, GroupGemm};
 use crate::scalar;
@@ -81,9 +82,10 @@ impl fmt::Display for Tier {
     }
 }
 
-/// `(q16, m, k, stride, scale, n, scores, scores_stride)`: see
-/// [`scalar::scalar_attn_scores_f16_multi`].
-pub type AttnScoresMulti = fn(&[f32], usize, &[f16], usize, f32, usize, &mut [f32], usize);
+/// `(q16, m, keys, slots, scale, scores, scores_stride)`: see
+/// [`scalar::scalar_attn_scores_f16`].
+pub type AttnScores =
+    fn(&[f32], usize, BlockedKeys, std::ops::Range<usize>, f32, &mut [f32], usize);
 
 /// `(p, p_stride, m, n, v, stride, first, lanes)`: see
 /// [`scalar::scalar_attn_values_f16_multi`].
@@ -135,13 +137,10 @@ pub struct KernelSet {
     /// `out[i] = silu(gate[i]) * up[i]` as ggml's `ggml_vec_swiglu_f32`
     /// (bitwise equal across tiers).
     pub silu_mul_f32: fn(&[f32], &[f32], &mut [f32]),
-    /// Attention scores of consecutive KV slots (see
-    /// [`scalar::scalar_attn_scores_f16`]; bitwise equal to it).
-    pub attn_scores_f16: fn(&[f32], &[f16], usize, f32, &mut [f32]),
-    /// Scores of several queries against the same consecutive KV slots
-    /// (see [`scalar::scalar_attn_scores_f16_multi`]; bitwise equal to it):
-    /// the keys are converted once for all queries.
-    pub attn_scores_f16_multi: AttnScoresMulti,
+    /// Attention scores of several queries over consecutive slots of a
+    /// blocked K cache (see [`scalar::scalar_attn_scores_f16`]; bitwise
+    /// equal to it).
+    pub attn_scores_f16: AttnScores,
     /// Value accumulation of several queries over the same consecutive KV
     /// slots (see [`scalar::scalar_attn_values_f16_multi`]; bitwise equal
     /// to it): the values are converted once for all queries.
@@ -181,7 +180,6 @@ pub(crate) const SCALAR_KERNELS: KernelSet = KernelSet {
     silu_mul_f32: scalar::scalar_silu_mul_f32,
     attn_scores_f16: scalar::scalar_attn_scores_f16,
     attn_values_f16: scalar::scalar_attn_values_f16,
-    attn_scores_f16_multi: scalar::scalar_attn_scores_f16_multi,
     attn_values_f16_multi: scalar::scalar_attn_values_f16_multi,
     prefers_repacked: false,
     gemm_q4_0_x8: repack::scalar_gemm_q4_0_x8,

@@ -8,8 +8,10 @@
 //! `tinyBLAS`). The SIMD twins do exactly the same float operations, so the
 //! tiers agree bitwise and coordgen's logits match llama.cpp's.
 
+use crate::attention::BlockedKeys;
 use crate::quant::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, QK};
 use half::f16;
+use std::ops::Range;
 
 #[track_caller]
 #[inline(always)]
@@ -254,23 +256,127 @@ pub fn scalar_silu_mul_f32(gate: &[f32], up: &[f32], out: &mut [f32]) {
     }
 }
 
-/// Attention scores of `scores.len()` consecutive KV slots: slot `i`'s key
-/// is `k[i * stride..i * stride + q16.len()]`, and
-/// `scores[i] = scalar_dot_f16_f32(key, q16) * scale`.
+/// Attention scores of `m` queries (`q16`: `m × head_dim`, back to back)
+/// over the slots `slots` of a blocked K cache: query `j`'s score of slot
+/// `slots.start + i` goes to `scores[j * scores_stride + i]` and equals
+/// `scalar_dot_f16_f32(key, query) * scale` (sixteen lanes, element `d`
+/// FMA'd into lane `d % 16`, then [`hsum16`]).
 ///
 /// # Panics
-/// If `k` is too short for the last slot.
+/// If `q16.len()` is not a multiple of `m`, or the keys or `scores` are too
+/// short.
 pub fn scalar_attn_scores_f16(
     q16: &[f32],
-    k: &[f16],
-    stride: usize,
+    m: usize,
+    keys: BlockedKeys,
+    slots: Range<usize>,
     scale: f32,
     scores: &mut [f32],
+    scores_stride: usize,
 ) {
-    let hd = q16.len();
-    for (i, s) in scores.iter_mut().enumerate() {
-        *s = scalar_dot_f16_f32(&k[i * stride..i * stride + hd], q16) * scale;
+    let Some(hd) = query_len(q16, m) else {
+        return;
+    };
+    keys.assert_covers(slots.end, hd);
+    for (j, q) in q16.chunks_exact(hd).enumerate() {
+        for (i, t) in slots.clone().enumerate() {
+            let mut acc = [0.0f32; 16];
+            for (d, &x) in q.iter().enumerate() {
+                acc[d % 16] = keys.get(t, d).to_f32().mul_add(x, acc[d % 16]);
+            }
+            scores[j * scores_stride + i] = hsum16(&acc) * scale;
+        }
     }
+}
+
+/// Per-query length of `m` queries back to back (`None`: nothing to do).
+fn query_len(q16: &[f32], m: usize) -> Option<usize> {
+    if m == 0 || q16.is_empty() {
+        return None;
+    }
+    assert!(
+        q16.len().is_multiple_of(m),
+        "attn_scores: q16 is not m queries"
+    );
+    Some(q16.len() / m)
+}
+
+/// Longest head the block score kernels hold on the stack.
+pub(crate) const MAX_BLOCK_HEAD_DIM: usize = 256;
+
+/// [`scalar_attn_scores_f16`] a key block at a time, in plain arrays that
+/// the compiler vectorizes across the block's 16 slots (each slot's 16-lane
+/// dot runs in the 16 columns of `acc`, in the same FMA order). Inlined
+/// into the tiers' `#[target_feature]` functions; `convert` turns f16 into
+/// f32 exactly (any route gives the same values).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn blocked_scores_portable(
+    convert: impl Fn(&[f16], &mut [f32]),
+    q16: &[f32],
+    m: usize,
+    keys: BlockedKeys,
+    slots: Range<usize>,
+    scale: f32,
+    scores: &mut [f32],
+    scores_stride: usize,
+) {
+    let Some(hd) = query_len(q16, m) else {
+        return;
+    };
+    if hd > MAX_BLOCK_HEAD_DIM {
+        scalar_attn_scores_f16(q16, m, keys, slots, scale, scores, scores_stride);
+        return;
+    }
+    keys.assert_covers(slots.end, hd);
+    let mut block_keys = [0.0f32; 16 * MAX_BLOCK_HEAD_DIM];
+    let block_keys = &mut block_keys[..16 * hd];
+    let mut t = slots.start;
+    while t < slots.end {
+        let block = t / 16;
+        let (lo, hi) = (t % 16, (slots.end - 16 * block).min(16));
+        convert(keys.block(block, hd), block_keys);
+        for (j, q) in q16.chunks_exact(hd).enumerate() {
+            let mut acc = [[0.0f32; 16]; 16];
+            for (d, (&x, column)) in q.iter().zip(block_keys.chunks_exact(16)).enumerate() {
+                let a = &mut acc[d % 16];
+                for s in 0..16 {
+                    a[s] = column[s].mul_add(x, a[s]);
+                }
+            }
+            let sums = hsum16_columns(&acc);
+            // Slot `16 · block + lo` is the `16 · block + lo - start`-th.
+            let out = &mut scores[j * scores_stride + 16 * block + lo - slots.start..];
+            for (o, &sum) in out.iter_mut().zip(&sums[lo..hi]) {
+                *o = sum * scale;
+            }
+        }
+        t = 16 * block + hi;
+    }
+}
+
+/// [`hsum16`] of every column of `acc` (`acc[lane][column]`), as
+/// element-wise adds of whole rows.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)]
+fn hsum16_columns(acc: &[[f32; 16]; 16]) -> [f32; 16] {
+    let mut t = [[0.0f32; 16]; 8];
+    for k in 0..8 {
+        for s in 0..16 {
+            t[k][s] = acc[k + 8][s] + acc[k][s];
+        }
+    }
+    let mut u = [[0.0f32; 16]; 4];
+    for k in 0..4 {
+        for s in 0..16 {
+            u[k][s] = t[k + 4][s] + t[k][s];
+        }
+    }
+    let mut out = [0.0f32; 16];
+    for s in 0..16 {
+        out[s] = (u[0][s] + u[2][s]) + (u[1][s] + u[3][s]);
+    }
+    out
 }
 
 /// Attention value accumulation over `p.len()` consecutive KV slots
@@ -300,69 +406,6 @@ pub fn scalar_attn_values_f16(
             w,
             &v[i * stride..i * stride + hd],
             &mut lanes[lane * hd..(lane + 1) * hd],
-        );
-    }
-}
-
-/// Attention scores of `m` queries (`q16`: `m × head_dim`, back to back)
-/// against `n` consecutive KV slots, as `m` calls of
-/// [`scalar_attn_scores_f16`]: query `j`'s scores go to
-/// `scores[j * scores_stride..][..n]`.
-///
-/// # Panics
-/// If `q16.len()` is not a multiple of `m`, or a slice is too short.
-#[allow(clippy::too_many_arguments)]
-pub fn scalar_attn_scores_f16_multi(
-    q16: &[f32],
-    m: usize,
-    k: &[f16],
-    stride: usize,
-    scale: f32,
-    n: usize,
-    scores: &mut [f32],
-    scores_stride: usize,
-) {
-    scores_per_query(
-        scalar_attn_scores_f16,
-        q16,
-        m,
-        k,
-        stride,
-        scale,
-        n,
-        scores,
-        scores_stride,
-    );
-}
-
-/// `m` calls of a one-query score kernel, the multi-query kernels' shape.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn scores_per_query(
-    one: fn(&[f32], &[f16], usize, f32, &mut [f32]),
-    q16: &[f32],
-    m: usize,
-    k: &[f16],
-    stride: usize,
-    scale: f32,
-    n: usize,
-    scores: &mut [f32],
-    scores_stride: usize,
-) {
-    if m == 0 {
-        return;
-    }
-    assert!(
-        q16.len().is_multiple_of(m),
-        "attn_scores_multi: q16 is not m rows"
-    );
-    let hd = q16.len() / m;
-    for j in 0..m {
-        one(
-            &q16[j * hd..(j + 1) * hd],
-            k,
-            stride,
-            scale,
-            &mut scores[j * scores_stride..j * scores_stride + n],
         );
     }
 }

@@ -20,14 +20,17 @@
 //! reached through a [`KernelSet`] that [`KernelSet::for_tier`] builds after
 //! the matching `*_available()` check succeeded.
 
+use crate::attention::BlockedKeys;
 use crate::dispatch::{KernelSet, Tier};
 use crate::quant::{q8_scale, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, QK};
 use crate::scalar::assert_same_len;
 use crate::simd_f32::{DotF32, ScaleF32};
 use core::arch::x86_64::*;
 use half::f16;
+use half::slice::HalfFloatSliceExt;
 use pulp::x86::{V3, V4};
 use pulp::Simd;
+use std::ops::Range;
 
 /// AVX2 tier: pulp's V3 (AVX2, FMA, BMI…) plus F16C for f16 conversions.
 pub(crate) fn avx2_available() -> bool {
@@ -61,7 +64,6 @@ pub(crate) fn avx2_kernel_set() -> KernelSet {
         silu_mul_f32: crate::scalar::scalar_silu_mul_f32,
         attn_scores_f16: avx2_attn_scores_f16,
         attn_values_f16: avx2_attn_values_f16,
-        attn_scores_f16_multi: avx2_attn_scores_f16_multi,
         attn_values_f16_multi: avx2_attn_values_f16_multi,
         prefers_repacked: true,
         gemm_q4_0_x8: crate::x86_repack::avx2_gemm_q4_0_x8,
@@ -90,7 +92,6 @@ pub(crate) fn avx512vnni_kernel_set() -> KernelSet {
         silu_mul_f32: avx512_silu_mul_f32,
         attn_scores_f16: avx512_attn_scores_f16,
         attn_values_f16: avx512_attn_values_f16,
-        attn_scores_f16_multi: avx512_attn_scores_f16_multi,
         attn_values_f16_multi: avx512_attn_values_f16_multi,
         prefers_repacked: true,
         gemm_q4_0_x8: crate::x86_repack::avx512vnni_gemm_q4_0_x8,
@@ -906,64 +907,149 @@ unsafe fn avx512_scale_round_f16_impl(a: f32, x: &mut [f32]) {
 // Attention over the f16 KV cache, sixteen slots at a time.
 // ---------------------------------------------------------------------------
 
-fn avx512_attn_scores_f16(q16: &[f32], k: &[f16], stride: usize, scale: f32, scores: &mut [f32]) {
-    let hd = q16.len();
-    if let Some(last) = scores.len().checked_sub(1) {
-        assert!(
-            k.len() >= last * stride + hd,
-            "attn_scores: key cache too short"
-        );
-    }
-    if !hd.is_multiple_of(16) || hd == 0 {
-        for (i, s) in scores.iter_mut().enumerate() {
-            *s = avx512_dot_f16_f32(&k[i * stride..i * stride + hd], q16) * scale;
-        }
-        return;
-    }
-    // SAFETY: only installed in the AVX-512 KernelSet (after
-    // `avx512vnni_available()`); bounds are checked above.
-    unsafe { avx512_attn_scores_f16_impl(q16, k, stride, scale, scores) }
-}
-
-/// # Safety
-/// The CPU must support AVX-512 F, AVX2, FMA and F16C; `q16.len()` is a
-/// positive multiple of 16 and `k` holds every slot's key.
-#[target_feature(enable = "avx512f,avx2,fma,f16c")]
-unsafe fn avx512_attn_scores_f16_impl(
+fn avx512_attn_scores_f16(
     q16: &[f32],
-    k: &[f16],
-    stride: usize,
+    m: usize,
+    keys: BlockedKeys,
+    slots: Range<usize>,
     scale: f32,
     scores: &mut [f32],
+    scores_stride: usize,
 ) {
-    let hd = q16.len();
-    let n = scores.len();
-    let mut i = 0;
-    while i + 16 <= n {
-        // Lane l of acc[s]: the FMA chain over elements l, l + 16, … of slot
-        // i + s, exactly as `avx512_dot_f16_f32_impl`.
-        let mut acc = [_mm512_setzero_ps(); 16];
-        for c in (0..hd).step_by(16) {
-            // SAFETY: `c + 16 <= hd = q16.len()`.
-            let qv = unsafe { _mm512_loadu_ps(q16.as_ptr().add(c)) };
-            for (s, a) in acc.iter_mut().enumerate() {
-                // SAFETY: `(i + s) * stride + c + 16 <= k.len()` (checked by the caller).
-                let kv = unsafe {
-                    _mm512_cvtph_ps(_mm256_loadu_si256(
-                        k.as_ptr().add((i + s) * stride + c).cast(),
-                    ))
-                };
-                *a = _mm512_fmadd_ps(kv, qv, *a);
+    if m == 0 || q16.is_empty() || slots.is_empty() {
+        return;
+    }
+    assert!(
+        q16.len().is_multiple_of(m),
+        "attn_scores: q16 is not m queries"
+    );
+    let hd = q16.len() / m;
+    if !hd.is_multiple_of(16) {
+        crate::scalar::scalar_attn_scores_f16(q16, m, keys, slots, scale, scores, scores_stride);
+        return;
+    }
+    keys.assert_covers(slots.end, hd);
+    assert!(
+        scores.len() >= (m - 1) * scores_stride + slots.len(),
+        "attn_scores: scores too short"
+    );
+    // Queries per pass: as even as possible, at most BLOCK_QUERIES.
+    let passes = m.div_ceil(BLOCK_QUERIES);
+    let mut j0 = 0;
+    for pass in 0..passes {
+        let q = (m - j0) / (passes - pass);
+        let qs = &q16[j0 * hd..(j0 + q) * hd];
+        let out = &mut scores[j0 * scores_stride..];
+        // SAFETY: only installed in the AVX-512 KernelSet (after
+        // `avx512vnni_available()`); keys, queries and scores are in bounds
+        // (checked above) and `hd` is a positive multiple of 16.
+        unsafe {
+            match q {
+                1 => blocked_scores::<1>(qs, keys, slots.clone(), scale, out, scores_stride),
+                2 => blocked_scores::<2>(qs, keys, slots.clone(), scale, out, scores_stride),
+                3 => blocked_scores::<3>(qs, keys, slots.clone(), scale, out, scores_stride),
+                4 => blocked_scores::<4>(qs, keys, slots.clone(), scale, out, scores_stride),
+                5 => blocked_scores::<5>(qs, keys, slots.clone(), scale, out, scores_stride),
+                _ => blocked_scores::<6>(qs, keys, slots.clone(), scale, out, scores_stride),
             }
         }
-        let sums = _mm512_mul_ps(hsum16_x16(&acc), _mm512_set1_ps(scale));
-        // SAFETY: `i + 16 <= n = scores.len()`.
-        unsafe { _mm512_storeu_ps(scores.as_mut_ptr().add(i), sums) };
-        i += 16;
+        j0 += q;
     }
-    for (j, s) in scores.iter_mut().enumerate().skip(i) {
-        // SAFETY: the caller's contract (bounds and CPU features).
-        *s = unsafe { avx512_dot_f16_f32_impl(&k[j * stride..j * stride + hd], q16) } * scale;
+}
+
+/// Queries whose scores one pass over the key blocks computes together.
+const BLOCK_QUERIES: usize = 6;
+
+/// How many key blocks ahead [`blocked_scores`] prefetches.
+const PREFETCH_BLOCKS: usize = 3;
+
+/// Scores of `Q` queries over `slots`, a key block at a time: a column of
+/// the block (16 slots) is one vector, so lane `s` of `a[l]` is the FMA
+/// chain over elements `l, l + 16, …` of slot `s`'s dot, exactly as
+/// [`crate::scalar::scalar_attn_scores_f16`]; the 16 lanes are then summed
+/// in `hsum16` order with element-wise adds (`t[l] = a[l + 8] + a[l]`,
+/// `u[l] = t[l + 4] + t[l]`, `(u0 + u2) + (u1 + u3)`). Each converted
+/// column feeds the FMAs of all `Q` queries.
+///
+/// # Safety
+/// The CPU must support AVX-512 F, AVX2, FMA and F16C; `qs` is `Q` queries
+/// of a positive multiple of 16 values; the keys cover `slots` and `out`
+/// holds `Q` rows of `out_stride` covering `slots.len()`.
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+unsafe fn blocked_scores<const Q: usize>(
+    qs: &[f32],
+    keys: BlockedKeys,
+    slots: Range<usize>,
+    scale: f32,
+    out: &mut [f32],
+    out_stride: usize,
+) {
+    let hd = qs.len() / Q;
+    let q_ptr = qs.as_ptr();
+    let scale_v = _mm512_set1_ps(scale);
+    let mut t = slots.start;
+    while t < slots.end {
+        let block = t / 16;
+        let (lo, hi) = (t % 16, (slots.end - 16 * block).min(16));
+        let kb = keys.block(block, hd).as_ptr();
+        // The blocks of a head lie `16 · kv_dim` values apart, a stride the
+        // hardware prefetchers miss; fetch a later block's head columns.
+        let ahead = block + PREFETCH_BLOCKS;
+        if 16 * ahead < slots.end {
+            let next = keys.block(ahead, hd).as_ptr().cast::<i8>();
+            for line in (0..32 * hd).step_by(64) {
+                // SAFETY: a prefetch never faults; the address is inside
+                // the cache (block `ahead` holds slots before `slots.end`).
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(next.add(line)) };
+            }
+        }
+        // Lane `l` of every query: the FMA chain of elements l, l + 16, ….
+        let lane = |l: usize| -> [__m512; Q] {
+            let mut acc = [_mm512_setzero_ps(); Q];
+            let mut d = l;
+            while d < hd {
+                // SAFETY: column `d < hd` of the block lies inside it.
+                let k = unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(kb.add(16 * d).cast())) };
+                for (q, a) in acc.iter_mut().enumerate() {
+                    // SAFETY: element `d` of query `q < Q` is inside `qs`.
+                    let x = _mm512_set1_ps(unsafe { *q_ptr.add(q * hd + d) });
+                    *a = _mm512_fmadd_ps(k, x, *a);
+                }
+                d += 16;
+            }
+            acc
+        };
+        let add = |a: [__m512; Q], b: [__m512; Q]| -> [__m512; Q] {
+            core::array::from_fn(|q| _mm512_add_ps(a[q], b[q]))
+        };
+        let pair = |l: usize| add(lane(l + 8), lane(l));
+        let quad = |l: usize| add(pair(l + 4), pair(l));
+        let u02 = {
+            let u0 = quad(0);
+            add(u0, quad(2))
+        };
+        let u13 = {
+            let u1 = quad(1);
+            add(u1, quad(3))
+        };
+        let sums = add(u02, u13);
+        // Slot `16 · block + lo` is the `16 · block + lo - start`-th.
+        let first = 16 * block + lo - slots.start;
+        for (q, v) in sums.iter().enumerate() {
+            let v = _mm512_mul_ps(*v, scale_v);
+            let at = q * out_stride + first;
+            if lo == 0 && hi == 16 {
+                // SAFETY: slots `16 · block..+16` are all in `slots`, so
+                // `out` holds them for query `q`.
+                unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(at), v) };
+            } else {
+                let mut tmp = [0.0f32; 16];
+                // SAFETY: `tmp` holds 16 values.
+                unsafe { _mm512_storeu_ps(tmp.as_mut_ptr(), v) };
+                out[at..at + hi - lo].copy_from_slice(&tmp[lo..hi]);
+            }
+        }
+        t = 16 * block + hi;
     }
 }
 
@@ -1048,71 +1134,12 @@ unsafe fn avx512_attn_values_f16_impl(p: &[f32], v: &[f16], stride: usize, lanes
     }
 }
 
-/// `hsum16` (GCC's `_mm512_reduce_add_ps` order) of sixteen registers at
-/// once, transposing as it adds: t[j] = a[j + 8] + a[j], u[j] = t[j + 4] +
-/// t[j], then (u0 + u2) + (u1 + u3).
-#[inline]
-#[target_feature(enable = "avx512f")]
-fn hsum16_x16(acc: &[__m512; 16]) -> __m512 {
-    let t: [__m512; 8] = core::array::from_fn(|p| {
-        let (a, b) = (acc[2 * p], acc[2 * p + 1]);
-        _mm512_add_ps(
-            _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b),
-            _mm512_shuffle_f32x4::<0b01_00_01_00>(a, b),
-        )
-    });
-    let u: [__m512; 4] = core::array::from_fn(|p| {
-        let (a, b) = (t[2 * p], t[2 * p + 1]);
-        _mm512_add_ps(
-            _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b),
-            _mm512_shuffle_f32x4::<0b10_00_10_00>(a, b),
-        )
-    });
-    let w = u.map(|up| {
-        let v = _mm512_add_ps(up, _mm512_permute_ps::<0b01_00_11_10>(up));
-        _mm512_add_ps(v, _mm512_permute_ps::<0b00_00_00_01>(v))
-    });
-    // Lanes 0, 4, 8, 12 of w[0..4] hold sums 0..16 in order.
-    let pick = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 4, 8, 12, 16, 20, 24, 28);
-    let lo = _mm512_permutex2var_ps(w[0], pick, w[1]);
-    let hi = _mm512_permutex2var_ps(w[2], pick, w[3]);
-    _mm512_shuffle_f32x4::<0b01_00_01_00>(lo, hi)
-}
-
-/// Several queries against the same keys, one at a time: measured on Zen 4,
-/// each key conversion feeding its FMA directly beats converting the keys
-/// once into a buffer and reading them back per query (85 vs 61 GFLOP/s at
-/// four queries).
-#[allow(clippy::too_many_arguments)]
-fn avx512_attn_scores_f16_multi(
-    q16: &[f32],
-    m: usize,
-    k: &[f16],
-    stride: usize,
-    scale: f32,
-    n: usize,
-    scores: &mut [f32],
-    scores_stride: usize,
-) {
-    crate::scalar::scores_per_query(
-        avx512_attn_scores_f16,
-        q16,
-        m,
-        k,
-        stride,
-        scale,
-        n,
-        scores,
-        scores_stride,
-    );
-}
-
-/// Slots whose values one pass of the multi-query value kernel converts (a
-/// 64 KiB buffer of one 16-value column per slot, in L2).
-const VALUES_BLOCK: usize = 1024;
+/// Slots whose value rows the multi-query value kernel keeps in L1 while
+/// its 16 lane passes run over them (256 rows of a 64-value head: 32 KiB).
+const VALUES_BLOCK: usize = 256;
 
 /// Queries the multi-query value kernel keeps in registers at once.
-const VALUES_QUERIES: usize = 12;
+const VALUES_QUERIES: usize = 6;
 
 #[allow(clippy::too_many_arguments)]
 fn avx512_attn_values_f16_multi(
@@ -1187,11 +1214,11 @@ fn avx512_attn_values_f16_multi(
     }
 }
 
-/// Per 16-value column and block of slots: converts the values once, then
-/// for each lane `l` runs the accumulators of up to [`VALUES_QUERIES`]
-/// queries in registers over slots `l, l + 16, …` (slot order within the
-/// lane, as the one-query kernel), each FMA taking its weight as a broadcast
-/// memory operand.
+/// Lane by lane over blocks of slots: for lane `l`, the accumulators of up
+/// to [`VALUES_QUERIES`] queries × 4 columns of 16 stay in registers over
+/// slots `l, l + 16, …` of the block (slot order within the lane, as the
+/// one-query kernel); each slot's value columns are converted once for all
+/// the queries, and each weight is broadcast once for all the columns.
 ///
 /// # Safety
 /// The CPU must support AVX-512 F, AVX2, FMA and F16C; `n` is a multiple
@@ -1210,98 +1237,132 @@ unsafe fn avx512_attn_values_f16_multi_impl(
 ) {
     let per = lanes.len() / m;
     let hd = per / 16;
-    let mut vals = vec![0.0f32; 0];
-    VALUES_SCRATCH.with(|cell| {
-        let mut vals_cell = cell.borrow_mut();
-        std::mem::swap(&mut vals, &mut vals_cell);
-    });
-    if vals.len() < 16 * VALUES_BLOCK {
-        vals.resize(16 * VALUES_BLOCK, 0.0);
-    }
-    for c in (0..hd).step_by(16) {
-        for b0 in (0..n).step_by(VALUES_BLOCK) {
-            let nb = (n - b0).min(VALUES_BLOCK);
-            for s in 0..nb {
-                // SAFETY: slot `b0 + s < n` is in bounds; `vals` holds
-                // `VALUES_BLOCK` columns of 16.
-                unsafe {
-                    let x = _mm512_cvtph_ps(_mm256_loadu_si256(
-                        v.as_ptr().add((b0 + s) * stride + c).cast(),
-                    ));
-                    _mm512_storeu_ps(vals.as_mut_ptr().add(16 * s), x);
-                }
-            }
-            for j0 in (0..m).step_by(VALUES_QUERIES) {
-                let mq = (m - j0).min(VALUES_QUERIES);
-                // SAFETY: as this function's contract; `mq` queries from `j0`.
-                unsafe {
-                    match mq {
-                        1 => values_lanes::<1>(p, p_stride, j0, b0, nb, &vals, lanes, per, hd, c),
-                        2 => values_lanes::<2>(p, p_stride, j0, b0, nb, &vals, lanes, per, hd, c),
-                        3 => values_lanes::<3>(p, p_stride, j0, b0, nb, &vals, lanes, per, hd, c),
-                        4 => values_lanes::<4>(p, p_stride, j0, b0, nb, &vals, lanes, per, hd, c),
-                        5 => values_lanes::<5>(p, p_stride, j0, b0, nb, &vals, lanes, per, hd, c),
-                        6 => values_lanes::<6>(p, p_stride, j0, b0, nb, &vals, lanes, per, hd, c),
-                        7 => values_lanes::<7>(p, p_stride, j0, b0, nb, &vals, lanes, per, hd, c),
-                        8 => values_lanes::<8>(p, p_stride, j0, b0, nb, &vals, lanes, per, hd, c),
-                        9 => values_lanes::<9>(p, p_stride, j0, b0, nb, &vals, lanes, per, hd, c),
-                        10 => values_lanes::<10>(p, p_stride, j0, b0, nb, &vals, lanes, per, hd, c),
-                        11 => values_lanes::<11>(p, p_stride, j0, b0, nb, &vals, lanes, per, hd, c),
-                        _ => values_lanes::<12>(p, p_stride, j0, b0, nb, &vals, lanes, per, hd, c),
+    let groups = m.div_ceil(VALUES_QUERIES);
+    let mut j0 = 0;
+    for group in 0..groups {
+        let q = (m - j0) / (groups - group);
+        for c0 in (0..hd).step_by(64) {
+            let ch = ((hd - c0) / 16).min(4);
+            let job = ValuesJob {
+                p: p.as_ptr().wrapping_add(j0 * p_stride),
+                p_stride,
+                n,
+                v: v.as_ptr(),
+                stride,
+                lanes: lanes.as_mut_ptr().wrapping_add(j0 * per),
+                per,
+                hd,
+                c0,
+            };
+            macro_rules! run {
+                ($($q:literal),*; $($c:literal),*) => {
+                    run!(@q [$($q),*] [$($c),*])
+                };
+                (@q [$($q:literal),*] $cs:tt) => {
+                    match q {
+                        $( $q => run!(@c $q $cs), )*
+                        _ => unreachable!("query group of {q}"),
                     }
-                }
+                };
+                (@c $q:literal [$($c:literal),*]) => {
+                    match ch {
+                        // SAFETY: this function's contract, restated per
+                        // group of queries and columns.
+                        $( $c => unsafe { values_group::<$q, $c>(&job) }, )*
+                        _ => unreachable!("column group of {ch}"),
+                    }
+                };
             }
+            run!(1, 2, 3, 4, 5, 6; 1, 2, 3, 4);
         }
+        j0 += q;
     }
-    VALUES_SCRATCH.with(|cell| *cell.borrow_mut() = vals);
 }
 
-thread_local! {
-    /// The converted value columns of [`avx512_attn_values_f16_multi_impl`]
-    /// (allocated once per thread).
-    static VALUES_SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Lanes `0..16` of column `c` for queries `j0..j0 + Q` over converted
-/// slots `b0..b0 + nb` (`vals[16 · s..]` is slot `b0 + s`'s column).
-///
-/// # Safety
-/// The CPU must support AVX-512 F and FMA; `b0` and `nb` are multiples of
-/// 16; the query rows, lanes and `vals` are in bounds (see the caller).
-#[allow(clippy::too_many_arguments)]
-#[inline]
-#[target_feature(enable = "avx512f,avx2,fma,f16c")]
-unsafe fn values_lanes<const Q: usize>(
-    p: &[f32],
+/// The operands of one [`values_group`] call, as raw pointers (the caller
+/// checked every bound).
+struct ValuesJob {
+    /// Weights of the group's first query.
+    p: *const f32,
     p_stride: usize,
-    j0: usize,
-    b0: usize,
-    nb: usize,
-    vals: &[f32],
-    lanes: &mut [f32],
+    n: usize,
+    v: *const f16,
+    stride: usize,
+    /// Lanes of the group's first query.
+    lanes: *mut f32,
     per: usize,
     hd: usize,
-    c: usize,
-) {
-    for l in 0..16 {
-        // SAFETY: lane `l`, elements `c..c + 16` of queries `j0..j0 + Q`.
-        let mut acc: [__m512; Q] = core::array::from_fn(|q| unsafe {
-            _mm512_loadu_ps(lanes.as_ptr().add((j0 + q) * per + l * hd + c))
-        });
-        let mut s = l;
-        while s < nb {
-            // SAFETY: slot `b0 + s` was converted into `vals`.
-            let x = unsafe { _mm512_loadu_ps(vals.as_ptr().add(16 * s)) };
-            for (q, a) in acc.iter_mut().enumerate() {
-                // SAFETY: query `j0 + q`'s weight of slot `b0 + s` is in `p`.
-                let w = unsafe { *p.get_unchecked((j0 + q) * p_stride + b0 + s) };
-                *a = _mm512_fmadd_ps(_mm512_set1_ps(w), x, *a);
-            }
-            s += 16;
+    /// First column of this group of columns.
+    c0: usize,
+}
+
+/// `Q` queries × `CH` columns of 16 (see [`avx512_attn_values_f16_multi_impl`]).
+///
+/// # Safety
+/// As [`avx512_attn_values_f16_multi_impl`], for queries `0..Q` and columns
+/// `c0..c0 + 16 · CH` of `job`.
+#[inline]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+unsafe fn values_group<const Q: usize, const CH: usize>(job: &ValuesJob) {
+    let &ValuesJob {
+        p,
+        p_stride,
+        n,
+        v,
+        stride,
+        lanes,
+        per,
+        hd,
+        c0,
+    } = job;
+    let row = |s: usize| v.wrapping_add(s * stride + c0).cast::<i8>();
+    let row_bytes = 32 * CH;
+    for s in 0..n.min(VALUES_BLOCK) {
+        for line in (0..row_bytes).step_by(64) {
+            // A prefetch never faults.
+            _mm_prefetch::<_MM_HINT_T0>(row(s).wrapping_add(line));
         }
-        for (q, a) in acc.iter().enumerate() {
-            // SAFETY: as the loads above.
-            unsafe { _mm512_storeu_ps(lanes.as_mut_ptr().add((j0 + q) * per + l * hd + c), *a) };
+    }
+    for b0 in (0..n).step_by(VALUES_BLOCK) {
+        let end = (b0 + VALUES_BLOCK).min(n);
+        // The next block's rows come in while this one is computed: one
+        // row per slot visited.
+        let mut next = b0 + VALUES_BLOCK;
+        for l in 0..16 {
+            // SAFETY: lane `l`, columns `c0..c0 + 16 · CH` of queries `0..Q`.
+            let mut acc: [[__m512; CH]; Q] = core::array::from_fn(|q| {
+                core::array::from_fn(|c| unsafe {
+                    _mm512_loadu_ps(lanes.add(q * per + l * hd + c0 + 16 * c))
+                })
+            });
+            let mut s = b0 + l;
+            while s < end {
+                if next < n {
+                    for line in (0..row_bytes).step_by(64) {
+                        // A prefetch never faults.
+                        _mm_prefetch::<_MM_HINT_T0>(row(next).wrapping_add(line));
+                    }
+                    next += 1;
+                }
+                // SAFETY: slot `s < n`, columns `c0..c0 + 16 · CH` are in `v`.
+                let x: [__m512; CH] = core::array::from_fn(|c| unsafe {
+                    _mm512_cvtph_ps(_mm256_loadu_si256(v.add(s * stride + c0 + 16 * c).cast()))
+                });
+                for (q, a) in acc.iter_mut().enumerate() {
+                    // SAFETY: query `q`'s weight of slot `s` is in `p`.
+                    let w = _mm512_set1_ps(unsafe { *p.add(q * p_stride + s) });
+                    for (ac, xc) in a.iter_mut().zip(&x) {
+                        *ac = _mm512_fmadd_ps(w, *xc, *ac);
+                    }
+                }
+                s += 16;
+            }
+            for (q, a) in acc.iter().enumerate() {
+                for (c, ac) in a.iter().enumerate() {
+                    // SAFETY: as the loads above.
+                    unsafe { _mm512_storeu_ps(lanes.add(q * per + l * hd + c0 + 16 * c), *ac) };
+                }
+            }
         }
     }
 }
@@ -1311,11 +1372,42 @@ unsafe fn values_lanes<const Q: usize>(
 // operations as the scalar twins, which these loops mirror).
 // ---------------------------------------------------------------------------
 
-fn avx2_attn_scores_f16(q16: &[f32], k: &[f16], stride: usize, scale: f32, scores: &mut [f32]) {
-    let hd = q16.len();
-    for (i, s) in scores.iter_mut().enumerate() {
-        *s = avx2_dot_f16_f32(&k[i * stride..i * stride + hd], q16) * scale;
-    }
+#[allow(clippy::too_many_arguments)]
+fn avx2_attn_scores_f16(
+    q16: &[f32],
+    m: usize,
+    keys: BlockedKeys,
+    slots: Range<usize>,
+    scale: f32,
+    scores: &mut [f32],
+    scores_stride: usize,
+) {
+    // SAFETY: only installed in the AVX2 KernelSet (after `avx2_available()`).
+    unsafe { avx2_attn_scores_f16_impl(q16, m, keys, slots, scale, scores, scores_stride) }
+}
+
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn avx2_attn_scores_f16_impl(
+    q16: &[f32],
+    m: usize,
+    keys: BlockedKeys,
+    slots: Range<usize>,
+    scale: f32,
+    scores: &mut [f32],
+    scores_stride: usize,
+) {
+    crate::scalar::blocked_scores_portable(
+        |x: &[f16], y: &mut [f32]| x.convert_to_f32_slice(y),
+        q16,
+        m,
+        keys,
+        slots,
+        scale,
+        scores,
+        scores_stride,
+    );
 }
 
 fn avx2_attn_values_f16(p: &[f32], v: &[f16], stride: usize, first: usize, lanes: &mut [f32]) {
@@ -1332,30 +1424,6 @@ fn avx2_attn_values_f16(p: &[f32], v: &[f16], stride: usize, first: usize, lanes
             &mut lanes[lane * hd..(lane + 1) * hd],
         );
     }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn avx2_attn_scores_f16_multi(
-    q16: &[f32],
-    m: usize,
-    k: &[f16],
-    stride: usize,
-    scale: f32,
-    n: usize,
-    scores: &mut [f32],
-    scores_stride: usize,
-) {
-    crate::scalar::scores_per_query(
-        avx2_attn_scores_f16,
-        q16,
-        m,
-        k,
-        stride,
-        scale,
-        n,
-        scores,
-        scores_stride,
-    );
 }
 
 #[allow(clippy::too_many_arguments)]

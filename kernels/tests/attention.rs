@@ -3,10 +3,14 @@
 mod common;
 
 use common::{all_kernel_sets, Rng};
+use coordgen_kernels::attention::{key_cache_len, store_keys};
 use coordgen_kernels::{attention, f16, AttentionShape, Error, KernelSet, RowVisibility};
 
 struct Case {
     shape: AttentionShape,
+    /// The keys one row per slot (for the reference)...
+    k_rows: Vec<f16>,
+    /// ...and in the cache's blocked layout.
     k: Vec<f16>,
     v: Vec<f16>,
 }
@@ -21,9 +25,18 @@ impl Case {
         };
         let mut rng = Rng::new(seed);
         let len = capacity * shape.n_kv_heads * shape.head_dim;
-        let k = rng.vec(len, |r| f16::from_f32(r.unit() * 2.0));
+        let k_rows = rng.vec(len, |r| f16::from_f32(r.unit() * 2.0));
         let v = rng.vec(len, |r| f16::from_f32(r.unit()));
-        Case { shape, k, v }
+        let kv_dim = shape.n_kv_heads * shape.head_dim;
+        let mut k = vec![f16::ZERO; key_cache_len(capacity, kv_dim)];
+        let rows: Vec<f32> = k_rows.iter().map(|h| h.to_f32()).collect();
+        store_keys(&mut k, kv_dim, 0, &rows).unwrap();
+        Case {
+            shape,
+            k_rows,
+            k,
+            v,
+        }
     }
     fn row_len(&self) -> usize {
         self.shape.n_heads * self.shape.head_dim
@@ -152,7 +165,7 @@ fn matches_f64_reference() {
                     .iter()
                     .map(|&t| {
                         (0..head_dim)
-                            .map(|d| qv[d] as f64 * at(&case.k, t, d))
+                            .map(|d| qv[d] as f64 * at(&case.k_rows, t, d))
                             .sum::<f64>()
                             * scale as f64
                     })
@@ -195,23 +208,13 @@ fn shape_errors_are_errors() {
     let mut out = vec![0.0; 2 * rl];
     let vis = [RowVisibility::default(); 2];
     let bad_extra = [8u32];
-    let call = |shape: &AttentionShape,
-                q: &[f32],
-                n,
-                k: &[f16],
-                rows: &[RowVisibility],
-                out: &mut [f32]| {
-        attention(
-            ks,
-            shape,
-            q,
-            n,
-            k,
-            &case.v[..k.len().min(case.v.len())],
-            rows,
-            out,
-        )
-    };
+    let call =
+        |shape: &AttentionShape,
+         q: &[f32],
+         n,
+         k: &[f16],
+         rows: &[RowVisibility],
+         out: &mut [f32]| { attention(ks, shape, q, n, k, &case.v, rows, out) };
     assert!(matches!(
         call(&case.shape, &q, 3, &case.k, &vis, &mut out),
         Err(Error::Shape { .. })
@@ -229,7 +232,7 @@ fn shape_errors_are_errors() {
             &vis,
             &mut out
         ),
-        Err(Error::NotMultiple { .. })
+        Err(Error::Shape { .. })
     ));
     let far = [
         RowVisibility {

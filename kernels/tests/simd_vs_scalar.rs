@@ -16,6 +16,7 @@
 mod common;
 
 use common::{kernels_or_skip, Rng};
+use coordgen_kernels::attention::{key_cache_len, BlockedKeys};
 use coordgen_kernels::quant::*;
 use coordgen_kernels::repack::*;
 use coordgen_kernels::scalar::*;
@@ -346,7 +347,7 @@ check_group_gemm!(
     scalar_vec_dot_q8_0_q8_0
 );
 
-/// `n` consecutive KV slots of a cache with rows of `stride` values, head
+/// `n` consecutive KV slots of a cache with `stride` values per slot, head
 /// at offset `off`, against the scalar twins (scores and value lanes).
 fn check_attn(tier: Tier, n: usize, hd_chunks: usize, first: usize, seed: u64) {
     let Some(ks) = kernels_or_skip(tier) else {
@@ -356,24 +357,25 @@ fn check_attn(tier: Tier, n: usize, hd_chunks: usize, first: usize, seed: u64) {
     let hd = 16 * hd_chunks + usize::from(hd_chunks == 0) * 8;
     let (stride, off) = (hd * 3, hd);
     let len = n.max(1) * stride;
-    let k: Vec<f16> = rng.vec(len, |r| f16::from_f32(r.unit() * 2.0));
     let v: Vec<f16> = rng.vec(len, |r| f16::from_f32(r.unit() * 2.0));
-    let q: Vec<f32> = rng.vec(hd, |r| f16::from_f32(r.unit()).to_f32());
-    let mut got = vec![0.0f32; n];
-    let mut want = vec![0.0f32; n];
-    (ks.attn_scores_f16)(&q, &k[off..], stride, 0.125, &mut got);
-    scalar_attn_scores_f16(&q, &k[off..], stride, 0.125, &mut want);
-    for (g, w) in got.iter().zip(&want) {
-        assert_bits("attn_scores_f16", *g, *w);
-    }
-    let m = 1 + (seed % 4) as usize;
+    // Scores of 1 to 8 queries (query groups of every size) over slots
+    // `first..first + n` of a blocked K cache (partial blocks at both ends).
+    let m = 1 + (seed % 8) as usize;
+    let k: Vec<f16> = rng.vec(key_cache_len(first + n, stride), |r| {
+        f16::from_f32(r.unit() * 2.0)
+    });
+    let keys = BlockedKeys {
+        cache: &k,
+        kv_dim: stride,
+        offset: off,
+    };
     let qs: Vec<f32> = rng.vec(m * hd, |r| f16::from_f32(r.unit()).to_f32());
     let mut got = vec![0.0f32; m * (n + 3)];
     let mut want = vec![0.0f32; m * (n + 3)];
-    (ks.attn_scores_f16_multi)(&qs, m, &k[off..], stride, 0.125, n, &mut got, n + 3);
-    scalar_attn_scores_f16_multi(&qs, m, &k[off..], stride, 0.125, n, &mut want, n + 3);
+    (ks.attn_scores_f16)(&qs, m, keys, first..first + n, 0.125, &mut got, n + 3);
+    scalar_attn_scores_f16(&qs, m, keys, first..first + n, 0.125, &mut want, n + 3);
     for (g, w) in got.iter().zip(&want) {
-        assert_bits("attn_scores_f16_multi", *g, *w);
+        assert_bits("attn_scores_f16", *g, *w);
     }
     let pm: Vec<f32> = rng.vec(m * (n + 3), |r| r.unit().abs());
     let init: Vec<f32> = rng.vec(m * 16 * hd, |r| r.unit());

@@ -15,6 +15,9 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 use std::sync::Arc;
 
+// The K cache layout of the IR is the kernels' blocked key layout.
+const _: () = assert!(coordgen_graph::KV_SLOT_BLOCK == coordgen_kernels::attention::KEY_BLOCK);
+
 /// Where the bytes of a tensor live during a run.
 #[derive(Clone, Copy, Debug)]
 enum Place {
@@ -1000,8 +1003,12 @@ impl CpuExecutable {
         let (k_new, v_new) = (mem.typed::<f32>(k)?, mem.typed::<f32>(v)?);
         // half's slice conversion uses F16C when the CPU has it (same
         // round-to-nearest-even as the per-value conversion).
-        let kc = mem.typed_mut::<f16>(k_cache)?;
-        kc[past * kv_dim..(past + n) * kv_dim].convert_from_f32_slice(&k_new[..n * kv_dim]);
+        coordgen_kernels::attention::store_keys(
+            mem.typed_mut::<f16>(k_cache)?,
+            kv_dim,
+            past,
+            &k_new[..n * kv_dim],
+        )?;
         let vc = mem.typed_mut::<f16>(v_cache)?;
         vc[past * kv_dim..(past + n) * kv_dim].convert_from_f32_slice(&v_new[..n * kv_dim]);
         let OpScratch {
