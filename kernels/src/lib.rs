@@ -87,6 +87,32 @@ pub enum Error {
     },
 }
 
+/// Asks the CPU to bring `bytes` into its caches: a hint with no effect on
+/// any result (nothing on targets without a prefetch instruction).
+pub fn prefetch(bytes: &[u8]) {
+    for line in bytes.chunks(64) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: SSE is part of every x86-64 CPU; a prefetch never faults.
+        unsafe {
+            core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(
+                line.as_ptr().cast(),
+            )
+        };
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: PRFM only hints the memory system; it never faults and
+        // changes no register or memory.
+        unsafe {
+            core::arch::asm!(
+                "prfm pldl2keep, [{0}]",
+                in(reg) line.as_ptr(),
+                options(nostack, readonly, preserves_flags)
+            )
+        };
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        let _ = line;
+    }
+}
+
 pub(crate) fn check_len(what: &'static str, expected: usize, got: usize) -> Result<(), Error> {
     if expected == got {
         Ok(())

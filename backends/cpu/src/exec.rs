@@ -71,7 +71,24 @@ struct MatmulPhase {
     ops: Vec<(usize, usize, usize, usize)>,
     /// Units of the whole phase.
     total: usize,
+    /// The share of the next attention's KV cache this phase prefetches.
+    kv_prefetch: Option<KvPrefetch>,
 }
+
+/// Part `part` of `parts` of the cached K and V of attention op `attention`:
+/// the matmul phases before an attention bring its cache in, a share each,
+/// so that the attention phase (bound by memory: every cached key and value
+/// is read once per pass) finds it in cache, while the matmuls (bound by
+/// arithmetic at verify widths) leave memory bandwidth to spare.
+#[derive(Clone, Copy, Debug)]
+struct KvPrefetch {
+    attention: usize,
+    part: usize,
+    parts: usize,
+}
+
+/// Cached K bytes and V bytes of one attention op.
+type KvBytes<'m> = (&'m [u8], &'m [u8]);
 
 /// Most matmuls one phase holds (a layer's Q, K and V make three).
 const MAX_PHASE_MATMULS: usize = 8;
@@ -315,6 +332,33 @@ impl CpuExecutable {
                     Some(Step::Serial(ops)) => ops.push(i),
                     _ => steps.push(Step::Serial(vec![i])),
                 },
+            }
+        }
+        // The matmul phases since the previous attention prefetch the next one's cache.
+        let mut since_attention: Vec<usize> = Vec::new();
+        for s in 0..steps.len() {
+            let attention = match steps[s] {
+                Step::Matmuls(_) => {
+                    since_attention.push(s);
+                    None
+                }
+                Step::Attention(op) => Some(op),
+                Step::Serial(_) => None,
+            };
+            if let Some(op) = attention {
+                {
+                    let parts = since_attention.len();
+                    for (part, &m) in since_attention.iter().enumerate() {
+                        if let Step::Matmuls(phase) = &mut steps[m] {
+                            phase.kv_prefetch = Some(KvPrefetch {
+                                attention: op,
+                                part,
+                                parts,
+                            });
+                        }
+                    }
+                    since_attention.clear();
+                }
             }
         }
         (steps, max_slots)
@@ -927,7 +971,15 @@ impl CpuExecutable {
         // Steps of ~1/16 of a thread's share: stealing stays fine-grained,
         // the owner's atomics stay rare.
         let step = phase.total / (16 * work.threads());
+        let kv_lines = self.kv_prefetch_lines(mem, phase, params)?;
         while let Some(range) = work.take(me, step) {
+            if let Some((k, v)) = kv_lines {
+                // This range's share of the phase's part of the cache.
+                for bytes in [k, v] {
+                    let at = |u: usize| bytes.len() * u / phase.total.max(1);
+                    coordgen_kernels::prefetch(&bytes[at(range.start)..at(range.end)]);
+                }
+            }
             for &(i, slot, first, count) in &phase.ops {
                 let (start, end) = (range.start.max(first), range.end.min(first + count));
                 if start >= end {
@@ -962,6 +1014,47 @@ impl CpuExecutable {
             }
         }
         Ok(())
+    }
+
+    /// The cached K and V bytes that matmul phase `phase` prefetches for the
+    /// attention after it (its part of the slots before this run's rows).
+    fn kv_prefetch_lines<'m>(
+        &self,
+        mem: &'m Memory,
+        phase: &MatmulPhase,
+        params: &ExecParams,
+    ) -> Result<Option<KvBytes<'m>>, Error> {
+        let Some(KvPrefetch {
+            attention,
+            part,
+            parts,
+        }) = phase.kv_prefetch
+        else {
+            return Ok(None);
+        };
+        let Some(&Op::Attention {
+            k_cache,
+            v_cache,
+            n_kv_heads,
+            head_dim,
+            ..
+        }) = self.graph.nodes.get(attention)
+        else {
+            return Err(bad(&self.graph, "KV prefetch names no attention op"));
+        };
+        let kv_dim = n_kv_heads * head_dim;
+        let share = |bytes: &'m [u8], len: usize| {
+            let len = len.min(bytes.len());
+            &bytes[len * part / parts..len * (part + 1) / parts]
+        };
+        let past = params.past_len;
+        Ok(Some((
+            share(
+                mem.bytes(k_cache),
+                2 * coordgen_kernels::attention::key_cache_len(past, kv_dim),
+            ),
+            share(mem.bytes(v_cache), 2 * past * kv_dim),
+        )))
     }
 
     /// Thread 0, before an attention phase: appends this run's K/V rows to
