@@ -103,6 +103,40 @@ pub struct Session {
     verify_logits: Vec<f32>,
     verify_predicted: Vec<u32>,
     prefill_progress: Option<Box<dyn FnMut(usize, usize) + Send>>,
+    /// Whether passes record [`Session::confidence`].
+    calibrate: bool,
+    /// `confidence[p]`: the probability the model gave `history[p + 1]`
+    /// after `history[..=p]` (NaN where it was not computed).
+    confidence: Vec<f32>,
+    /// Scratch of [`coordgen_kernels::ops::softmax_probability`] and the
+    /// last logits row of a calibrating prefill chunk.
+    probability_scratch: Vec<f32>,
+    chunk_last_row: Vec<f32>,
+}
+
+/// Prompt tokens per forward pass of a calibrating prefill: every row's
+/// logits are kept for the pass only (32 rows: 6 MB for a 49k vocabulary).
+const CALIBRATION_CHUNK: usize = 32;
+
+/// Records at `confidence[position]` the probability of `token` under
+/// `logits` (growing the record with unknowns as needed).
+fn record_confidence(
+    confidence: &mut Vec<f32>,
+    scratch: &mut Vec<f32>,
+    position: usize,
+    logits: &[f32],
+    token: u32,
+) {
+    let p = coordgen_kernels::ops::softmax_probability(
+        coordgen_kernels::KernelSet::best(),
+        logits,
+        token as usize,
+        scratch,
+    );
+    if confidence.len() <= position {
+        confidence.resize(position + 1, f32::NAN);
+    }
+    confidence[position] = p;
 }
 
 impl Session {
@@ -110,7 +144,8 @@ impl Session {
         let state = engine.new_state();
         // The history never outgrows the context: reserving it up front
         // (4 bytes a token) keeps decode steps free of allocations.
-        let history = Vec::with_capacity(engine.context_length());
+        let context = engine.context_length();
+        let history = Vec::with_capacity(context);
         Session {
             engine,
             state,
@@ -122,7 +157,29 @@ impl Session {
             verify_logits: Vec::new(),
             verify_predicted: Vec::new(),
             prefill_progress: None,
+            calibrate: false,
+            // Like the history: no allocation while decoding.
+            confidence: Vec::with_capacity(context),
+            probability_scratch: Vec::new(),
+            chunk_last_row: Vec::new(),
         }
+    }
+
+    /// Turns on (or off) the record of the model's confidence in each token
+    /// of the history ([`Session::confidence`]): prefill then computes the
+    /// logits of every prompt row (the output head for all rows, about a
+    /// quarter more prefill work), and speculative steps record the
+    /// probability of each token they commit. Context-aligned drafting
+    /// reads it to estimate how likely a copy of the context is accepted.
+    pub fn set_calibration(&mut self, on: bool) {
+        self.calibrate = on;
+    }
+
+    /// `confidence()[p]`: the probability the model gave `history[p + 1]`
+    /// after `history[..=p]`, where known (NaN elsewhere; the record may be
+    /// shorter than the history).
+    pub fn confidence(&self) -> &[f32] {
+        &self.confidence
     }
 
     /// Calls `f(done, total)` after each prefill chunk (for progress bars).
@@ -148,6 +205,7 @@ impl Session {
     pub fn reset(&mut self) {
         self.history.clear();
         self.last_logits.clear();
+        self.confidence.clear();
     }
 
     /// Rolls the history back to its first `len` tokens (no-op when it holds
@@ -158,6 +216,7 @@ impl Session {
     pub fn truncate(&mut self, len: usize) {
         if len < self.history.len() {
             self.history.truncate(len);
+            self.confidence.truncate(len.saturating_sub(1));
             self.last_logits.clear();
         }
     }
@@ -189,6 +248,14 @@ impl Session {
             .zip(tokens)
             .take_while(|(a, b)| a == b)
             .count();
+        if self.calibrate {
+            // Reuse only a prefix whose confidences are known (but the last
+            // one's, which the next token's pass computes).
+            let known = self.confidence.iter().take_while(|c| !c.is_nan()).count();
+            if known + 1 < common {
+                common = known;
+            }
+        }
         if common == tokens.len()
             && self.history.len() == tokens.len()
             && !self.last_logits.is_empty()
@@ -198,8 +265,13 @@ impl Session {
         // At least one token must run to produce logits.
         common = common.min(tokens.len() - 1);
         self.history.truncate(common);
+        self.confidence.truncate(common.saturating_sub(1));
         self.last_logits.clear();
-        self.append(&tokens[common..])?;
+        if self.calibrate {
+            self.append_calibrated(&tokens[common..])?;
+        } else {
+            self.append(&tokens[common..])?;
+        }
         Ok(common)
     }
 
@@ -232,6 +304,84 @@ impl Session {
         }
         self.history.extend_from_slice(tokens);
         self.scratch_logits = std::mem::replace(&mut self.last_logits, logits);
+        Ok(())
+    }
+
+    /// [`Session::append`] that also records the model's confidence in each
+    /// appended token ([`Session::set_calibration`]): chunks of
+    /// [`CALIBRATION_CHUNK`] tokens with every row's logits, of which only
+    /// the probability of the next token is kept. On error the session is
+    /// left as it was before the call.
+    fn append_calibrated(&mut self, tokens: &[u32]) -> Result<()> {
+        let past = self.history.len();
+        let vocab = self.engine.config().vocab_size;
+        let mut logits = std::mem::take(&mut self.scratch_logits);
+        let mut last_row = std::mem::take(&mut self.chunk_last_row);
+        last_row.clear();
+        last_row.extend_from_slice(&self.last_logits);
+        let mut result = Ok(());
+        for (index, piece) in tokens.chunks(CALIBRATION_CHUNK).enumerate() {
+            let base = self.history.len();
+            result = self.engine.forward(
+                &mut self.state,
+                Pass {
+                    tokens: piece,
+                    past_len: base,
+                    attend: Attend::Causal,
+                    wanted: LogitsWanted::All,
+                },
+                &mut logits,
+                &mut |_, _| {},
+            );
+            if result.is_err() {
+                break;
+            }
+            // The row before the chunk predicts its first token; row i its
+            // token i + 1.
+            if base > 0 && last_row.len() == vocab {
+                record_confidence(
+                    &mut self.confidence,
+                    &mut self.probability_scratch,
+                    base - 1,
+                    &last_row,
+                    piece[0],
+                );
+            }
+            for (i, (row, &next)) in logits.chunks_exact(vocab).zip(&piece[1..]).enumerate() {
+                record_confidence(
+                    &mut self.confidence,
+                    &mut self.probability_scratch,
+                    base + i,
+                    row,
+                    next,
+                );
+            }
+            last_row.clear();
+            last_row.extend_from_slice(
+                logits
+                    .get(logits.len().saturating_sub(vocab)..)
+                    .unwrap_or(&[]),
+            );
+            self.history.extend_from_slice(piece);
+            if let Some(progress) = &mut self.prefill_progress {
+                progress(
+                    (index * CALIBRATION_CHUNK + piece.len()).min(tokens.len()),
+                    tokens.len(),
+                );
+            }
+        }
+        if let Err(e) = result {
+            // Slots after `past` may hold partial writes; they are unused.
+            self.history.truncate(past);
+            self.confidence.truncate(past.saturating_sub(1));
+            self.scratch_logits = logits;
+            self.chunk_last_row = last_row;
+            return Err(e);
+        }
+        self.scratch_logits = logits;
+        self.last_logits.clear();
+        self.last_logits.extend_from_slice(&last_row);
+        self.chunk_last_row = last_row;
         Ok(())
     }
 
@@ -407,6 +557,38 @@ impl Session {
                 }
             }
         }
+        if self.calibrate {
+            // The root came from the last logits; row 0 (the root) predicts
+            // the first emitted token, node i's row the one after it.
+            let known = |c: Option<&f32>| c.is_some_and(|c| !c.is_nan());
+            if past > 0 && self.last_logits.len() == vocab && !known(self.confidence.get(past - 1))
+            {
+                record_confidence(
+                    &mut self.confidence,
+                    &mut self.probability_scratch,
+                    past - 1,
+                    &self.last_logits,
+                    root,
+                );
+            }
+            let emitted_rows = std::iter::once(0).chain(acceptance.path.iter().map(|&n| n + 1));
+            let emitted = acceptance
+                .path
+                .iter()
+                .map(|&n| tree.token(n))
+                .chain(std::iter::once(acceptance.bonus));
+            for (i, (row, token)) in emitted_rows.zip(emitted).enumerate() {
+                if let Some(row_logits) = logits.get(row * vocab..(row + 1) * vocab) {
+                    record_confidence(
+                        &mut self.confidence,
+                        &mut self.probability_scratch,
+                        past + i,
+                        row_logits,
+                        token,
+                    );
+                }
+            }
+        }
         let accepted: Vec<u32> = acceptance.path.iter().map(|&n| tree.token(n)).collect();
         self.history.push(root);
         self.history.extend_from_slice(&accepted);
@@ -544,6 +726,23 @@ impl Session {
         spec: &SpecConfig,
         on_text: impl FnMut(&str) -> bool,
     ) -> Result<(Generation, SpecStats)> {
+        // Adaptive drafting reads the model's confidence in the context.
+        let calibrating = self.calibrate;
+        self.calibrate = spec.drafting == Drafting::Adaptive && spec.max_draft > 0;
+        let result = self.speculate(prompt, params, drafter, spec, Box::new(on_text));
+        self.calibrate = calibrating;
+        result
+    }
+
+    /// [`Session::generate_speculative`] once the calibration setting is made.
+    fn speculate(
+        &mut self,
+        prompt: &[u32],
+        params: &GenerateParams,
+        drafter: &mut dyn crate::spec::Drafter,
+        spec: &SpecConfig,
+        on_text: Box<dyn FnMut(&str) -> bool + '_>,
+    ) -> Result<(Generation, SpecStats)> {
         let mut sampler = Sampler::new(params.sampler.clone())?;
         let greedy = params.sampler.is_greedy() && params.sampler.repetition_penalty == 1.0;
         let started = Instant::now();
@@ -597,7 +796,7 @@ impl Session {
                 drafter.propose(budget, &mut candidates);
             }
             match &mut policy {
-                Some(policy) => policy.choose(&candidates, budget, &mut tree),
+                Some(policy) => policy.choose(&candidates, &self.confidence, budget, &mut tree),
                 None => tree.add_candidates(&candidates, budget),
             }
             stats.draft += drafting.elapsed();
@@ -613,7 +812,7 @@ impl Session {
                 emitted.clear();
                 emitted.extend_from_slice(&step.accepted);
                 emitted.push(step.next);
-                policy.learn(&candidates, &emitted);
+                policy.learn(&candidates, &self.confidence, &emitted);
             }
             drafter.observe(&step.accepted);
             stats.draft += drafting.elapsed();

@@ -128,6 +128,35 @@ pub fn softmax_inplace(x: &mut [f32]) {
     }
 }
 
+/// The softmax probability of entry `index` of `logits`,
+/// `exp(x[index] - max) / Σ exp(x - max)`, with the tier's vectorized `exp`
+/// on a copy in `scratch` (no exactness promised: for estimates such as the
+/// model's confidence in a token). NaN when `index` is out of range.
+pub fn softmax_probability(
+    ks: &crate::KernelSet,
+    logits: &[f32],
+    index: usize,
+    scratch: &mut Vec<f32>,
+) -> f32 {
+    if index >= logits.len() {
+        return f32::NAN;
+    }
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    scratch.clear();
+    scratch.extend(logits.iter().map(|&v| v - max));
+    (ks.exp_f32)(scratch);
+    // Eight partial sums, so the loop vectorizes.
+    let mut lanes = [0.0f32; 8];
+    let mut chunks = scratch.chunks_exact(8);
+    for chunk in &mut chunks {
+        for (l, &e) in lanes.iter_mut().zip(chunk) {
+            *l += e;
+        }
+    }
+    let sum: f32 = lanes.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>();
+    scratch[index] / sum
+}
+
 /// Index of the largest value; the first one on ties, NaNs never win.
 /// Returns 0 for an empty slice.
 pub fn argmax(x: &[f32]) -> usize {

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::Rng;
+use common::{all_kernel_sets, Rng};
 use coordgen_kernels::ops::*;
 use coordgen_kernels::quant::*;
 use coordgen_kernels::{bf16, f16, Error, KernelSet, Tier};
@@ -219,5 +219,28 @@ fn rope_with_cached_angles_is_bitwise_rope() {
                 "head_dim {head_dim} pos {pos}"
             );
         }
+    }
+}
+
+#[test]
+fn softmax_probability_matches_an_f64_softmax() {
+    let mut rng = Rng::new(77);
+    let logits: Vec<f32> = rng.vec(1000, |r| r.unit() * 12.0);
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let sum: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();
+    let mut scratch = Vec::new();
+    for ks in all_kernel_sets() {
+        for index in [0, 1, 500, 999] {
+            let got = coordgen_kernels::ops::softmax_probability(&ks, &logits, index, &mut scratch);
+            let want = (logits[index] as f64 - max).exp() / sum;
+            assert!(
+                (got as f64 - want).abs() <= 1e-5 * want + 1e-9,
+                "{}: index {index}: {got} vs {want}",
+                ks.tier
+            );
+        }
+        assert!(
+            coordgen_kernels::ops::softmax_probability(&ks, &logits, 1000, &mut scratch).is_nan()
+        );
     }
 }

@@ -481,3 +481,46 @@ fn speculative_generation_equals_plain_generation() {
     assert_eq!(first.tokens.len(), sampling.max_tokens);
     assert!(stats.drafted > 0);
 }
+
+#[test]
+fn calibrated_prefill_records_the_probability_of_every_next_token() {
+    let Some(engine) = engine() else { return };
+    // Longer than one calibration chunk, so chunk boundaries are covered.
+    let tokens = prompt_tokens(
+        &engine,
+        "Summarize: the quick brown fox jumps over the lazy dog, and the lazy dog \
+         sleeps on while the fox runs off into the woods behind the farm.",
+    );
+    assert!(tokens.len() > 40);
+    let vocab = engine.config().vocab_size;
+    let all = engine.session().append_all_logits(&tokens).unwrap();
+    let mut session = engine.session();
+    session.set_calibration(true);
+    session.set_tokens(&tokens).unwrap();
+    let confidence = session.confidence();
+    assert_eq!(confidence.len(), tokens.len() - 1);
+    for (p, &c) in confidence.iter().enumerate() {
+        let row = &all[p * vocab..(p + 1) * vocab];
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let sum: f64 = row.iter().map(|&l| ((l - max) as f64).exp()).sum();
+        let want = ((row[tokens[p + 1] as usize] - max) as f64).exp() / sum;
+        assert!(
+            (c as f64 - want).abs() <= 1e-4 * want.max(1e-3),
+            "position {p}: {c} vs {want}"
+        );
+    }
+    // Calibrated prefill computes the same last logits as plain prefill.
+    assert!(session.logits() == &all[(tokens.len() - 1) * vocab..]);
+    // A session without the record keeps its cache, but a calibrating
+    // request on it recomputes the prefix whose confidences are unknown.
+    let mut plain = engine.session();
+    plain.set_tokens(&tokens).unwrap();
+    assert!(plain.confidence().is_empty());
+    plain.set_calibration(true);
+    assert_eq!(plain.set_tokens(&tokens).unwrap(), 0);
+    assert_eq!(plain.confidence(), session.confidence());
+    assert_eq!(plain.set_tokens(&tokens).unwrap(), tokens.len());
+    // Rolling back drops the confidences of the dropped tokens.
+    plain.truncate(10);
+    assert_eq!(plain.confidence().len(), 9);
+}

@@ -22,13 +22,19 @@ pub use sampling::{accept_sampled, TreeSampling};
 pub use tree::{Acceptance, DraftTree, NodeId};
 
 /// Candidate continuations from a drafter, best first, each with the
-/// length of the context match it comes from. One buffer, reused every step.
+/// length of the context match it comes from and, for a copy of the
+/// sequence, where the copied tokens start in it. One buffer, reused every
+/// step.
 #[derive(Clone, Debug, Default)]
 pub struct Candidates {
     tokens: Vec<u32>,
-    /// `(start, end, match_len)` into `tokens`.
-    spans: Vec<(usize, usize, usize)>,
+    /// `(start, end, match_len, source)` into `tokens`; `source` is
+    /// [`NO_SOURCE`] for a candidate that is not a copy.
+    spans: Vec<(usize, usize, usize, usize)>,
 }
+
+/// The source of a candidate that does not copy the observed sequence.
+const NO_SOURCE: usize = usize::MAX;
 
 impl Candidates {
     pub fn clear(&mut self) {
@@ -38,12 +44,27 @@ impl Candidates {
 
     /// Adds a candidate unless it is empty or already present.
     pub fn push(&mut self, tokens: &[u32], match_len: usize) {
+        self.push_copy(tokens, match_len, NO_SOURCE);
+    }
+
+    /// Adds a candidate that copies the observed sequence from index
+    /// `source` on (`tokens[i]` is the sequence's token `source + i`),
+    /// unless it is empty or already present.
+    pub fn push_copy(&mut self, tokens: &[u32], match_len: usize, source: usize) {
         if tokens.is_empty() || self.iter().any(|(t, _)| t == tokens) {
             return;
         }
         let start = self.tokens.len();
         self.tokens.extend_from_slice(tokens);
-        self.spans.push((start, self.tokens.len(), match_len));
+        self.spans
+            .push((start, self.tokens.len(), match_len, source));
+    }
+
+    /// Where candidate `i`'s tokens start in the observed sequence, if it
+    /// is a copy.
+    pub fn source(&self, i: usize) -> Option<usize> {
+        let &(.., source) = self.spans.get(i)?;
+        (source != NO_SOURCE).then_some(source)
     }
 
     pub fn len(&self) -> usize {
@@ -56,7 +77,7 @@ impl Candidates {
 
     /// Candidate `i`: its tokens and match length.
     pub fn get(&self, i: usize) -> Option<(&[u32], usize)> {
-        let &(start, end, match_len) = self.spans.get(i)?;
+        let &(start, end, match_len, _) = self.spans.get(i)?;
         Some((self.tokens.get(start..end)?, match_len))
     }
 

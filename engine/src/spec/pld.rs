@@ -34,8 +34,18 @@ impl PromptLookup {
     /// `num_pred` tokens (as the reference requires), at most `branches`;
     /// with the n-gram's length.
     pub fn candidates(&self) -> (Vec<&[u32]>, usize) {
+        let (starts, n) = self.candidate_starts();
+        let out = starts
+            .iter()
+            .map(|&s| &self.seq[s..s + self.num_pred])
+            .collect();
+        (out, n)
+    }
+
+    /// Where each of [`PromptLookup::candidates`] starts in the sequence.
+    fn candidate_starts(&self) -> (Vec<usize>, usize) {
         let len = self.seq.len();
-        let mut out: Vec<&[u32]> = Vec::new();
+        let mut out: Vec<usize> = Vec::new();
         for n in (1..=self.max_ngram.min(len)).rev() {
             let ngram = &self.seq[len - n..];
             for idx in 0..len - n {
@@ -45,8 +55,8 @@ impl PromptLookup {
                 }
                 if &self.seq[idx..idx + n] == ngram {
                     let cand = &self.seq[start..end];
-                    if !out.contains(&cand) {
-                        out.push(cand);
+                    if !out.iter().any(|&s| &self.seq[s..s + self.num_pred] == cand) {
+                        out.push(start);
                         if out.len() >= self.branches.max(1) {
                             return (out, n);
                         }
@@ -67,9 +77,10 @@ impl Drafter for PromptLookup {
     }
 
     fn propose(&mut self, max_len: usize, out: &mut Candidates) {
-        let (candidates, ngram) = self.candidates();
-        for cand in candidates {
-            out.push(&cand[..cand.len().min(max_len)], ngram);
+        let (starts, ngram) = self.candidate_starts();
+        for start in starts {
+            let end = start + self.num_pred.min(max_len);
+            out.push_copy(&self.seq[start..end], ngram, start);
         }
     }
 

@@ -12,12 +12,18 @@
 //! `P(node)` is the probability that the node's whole path is the model's
 //! continuation; the sum over a trie whose branches start with distinct
 //! tokens is exactly the expected number of accepted draft tokens. The
-//! estimates are learned online from this request: per match length (how
-//! long the context match behind a candidate was) and per rank, how often a
-//! candidate's first token was right, and per depth how often a token was
-//! right after a right prefix. Learning is counterfactual: every candidate is
-//! scored against the tokens the model actually emitted, drafted or not, so
-//! short drafts still teach what longer ones would have earned.
+//! estimates are learned online from this request. A candidate that copies
+//! the context is *context-aligned*: where the copied tokens stand in the
+//! sequence, the session knows how confident the model was in each of them
+//! ([`crate::Session::confidence`]: from the prefill logits for the prompt,
+//! from the verify passes for the output). A copied token the model itself
+//! found near-certain there is likely again; one it found surprising, at the
+//! start of a new sentence say, is not. So the rates are kept per confidence
+//! bucket: for the first token, also per match length (how long the context
+//! match behind a candidate was) and rank; for later tokens, per depth, given
+//! a right prefix. Learning is counterfactual: every candidate is scored
+//! against the tokens the model actually emitted, drafted or not, so short
+//! drafts still teach what longer ones would have earned.
 //!
 //! `cost(w)` is the measured time of a verify pass of `w` rows
 //! ([`crate::Session::measure_verify_costs`]).
@@ -25,18 +31,57 @@
 use super::{Candidates, DraftTree};
 
 /// Match-length buckets: 1, 2, ..., `MATCH_BUCKETS - 1` and longer.
-const MATCH_BUCKETS: usize = 8;
+const MATCH_BUCKETS: usize = 4;
 /// Candidates per step considered, by distinct first token.
 const RANKS: usize = 4;
-/// Depths with their own continuation estimate (deeper ones share the last).
-const DEPTHS: usize = 16;
+/// Rank classes with their own first-token rate: the best candidate, the others.
+const RANK_CLASSES: usize = 2;
+/// Depth buckets of the continuation rates: 1, 2-3, 4-7, 8 and deeper.
+const DEPTH_BUCKETS: usize = 4;
+/// Upper bounds of the confidence buckets; one more bucket above the last,
+/// and [`UNKNOWN`] for tokens whose confidence is not known.
+const CONFIDENCE_EDGES: [f64; 6] = [0.2, 0.4, 0.6, 0.8, 0.9, 0.97];
+/// Confidence buckets: the bounded ones, the top one and [`UNKNOWN`].
+const CONFIDENCE_BUCKETS: usize = CONFIDENCE_EDGES.len() + 2;
+/// The bucket of a token whose confidence is not known.
+const UNKNOWN: usize = CONFIDENCE_BUCKETS - 1;
 /// Weight of the prior, in observations.
 const PRIOR_WEIGHT: f64 = 2.0;
-/// Prior chance that the best candidate's first token is right (later ranks
-/// get this divided by their rank).
+/// Prior chance that the best candidate's first token is right when its
+/// confidence is not known (later ranks get this divided by their rank).
 const PRIOR_FIRST: f64 = 0.3;
-/// Prior chance that a token is right after a right prefix.
+/// Prior chance that a token is right after a right prefix, confidence unknown.
 const PRIOR_NEXT: f64 = 0.7;
+
+/// The confidence bucket of `confidence` (NaN: [`UNKNOWN`]).
+fn confidence_bucket(confidence: f32) -> usize {
+    if confidence.is_nan() {
+        return UNKNOWN;
+    }
+    CONFIDENCE_EDGES
+        .iter()
+        .position(|&edge| (confidence as f64) < edge)
+        .unwrap_or(CONFIDENCE_EDGES.len())
+}
+
+/// A typical confidence of bucket `b` (its middle), the prior of its rates.
+fn bucket_prior(b: usize, unknown: f64) -> f64 {
+    if b == UNKNOWN {
+        return unknown;
+    }
+    let low = if b == 0 { 0.0 } else { CONFIDENCE_EDGES[b - 1] };
+    let high = CONFIDENCE_EDGES.get(b).copied().unwrap_or(1.0);
+    (low + high) / 2.0
+}
+
+fn depth_bucket(depth: usize) -> usize {
+    match depth {
+        0 | 1 => 0,
+        2..=3 => 1,
+        4..=7 => 2,
+        _ => 3,
+    }
+}
 
 /// A success rate with a prior: `(hits + w·prior) / (tries + w)`.
 #[derive(Clone, Copy, Debug)]
@@ -78,14 +123,16 @@ struct Scored {
 /// Per-request drafting policy (see the module docs).
 #[derive(Clone, Debug)]
 pub struct AdaptiveDrafting {
-    /// `first[bucket][rank]`: the rank's first token is the model's next.
-    first: Vec<[Rate; RANKS]>,
-    /// `next[bucket][depth]`: token `depth` is right given the ones before.
-    next: Vec<[Rate; DEPTHS]>,
+    /// `first[rank class][match bucket][confidence bucket]`: the
+    /// candidate's first token is the model's next.
+    first: Vec<[[Rate; CONFIDENCE_BUCKETS]; MATCH_BUCKETS]>,
+    /// `next[depth bucket][confidence bucket]`: a token is right given the
+    /// ones before.
+    next: [[Rate; CONFIDENCE_BUCKETS]; DEPTH_BUCKETS],
     /// Verify pass time by width (index 0 unused; 1..).
     cost: Vec<f64>,
     /// This step's candidates with distinct first tokens: `(index in the
-    /// candidate buffer, bucket)`.
+    /// candidate buffer, match bucket)`.
     kept: Vec<(usize, usize)>,
     scored: Vec<Scored>,
 }
@@ -94,10 +141,23 @@ impl AdaptiveDrafting {
     /// `cost[w]`: the time of a verify pass of `w` rows (`cost[0]` unused).
     /// Widths past the end of `cost` are never used.
     pub fn new(cost: Vec<f64>) -> Self {
-        let first = std::array::from_fn(|rank| Rate::new(PRIOR_FIRST / (rank + 1) as f64));
+        let first = (0..RANK_CLASSES)
+            .map(|class| {
+                let unknown = PRIOR_FIRST / (class + 1) as f64;
+                let scale = if class == 0 { 0.8 } else { 0.3 };
+                [std::array::from_fn(|b| {
+                    Rate::new(if b == UNKNOWN {
+                        unknown
+                    } else {
+                        scale * bucket_prior(b, unknown)
+                    })
+                }); MATCH_BUCKETS]
+            })
+            .collect();
+        let next = [std::array::from_fn(|b| Rate::new(bucket_prior(b, PRIOR_NEXT))); DEPTH_BUCKETS];
         AdaptiveDrafting {
-            first: vec![first; MATCH_BUCKETS],
-            next: vec![[Rate::new(PRIOR_NEXT); DEPTHS]; MATCH_BUCKETS],
+            first,
+            next,
             cost,
             kept: Vec::with_capacity(RANKS),
             scored: Vec::new(),
@@ -112,6 +172,16 @@ impl AdaptiveDrafting {
 
     fn bucket(match_len: usize) -> usize {
         match_len.clamp(1, MATCH_BUCKETS) - 1
+    }
+
+    /// The confidence bucket of token `i` of candidate `index` (the model's
+    /// confidence where the copied token stands in the sequence).
+    fn token_bucket(candidates: &Candidates, index: usize, i: usize, confidence: &[f32]) -> usize {
+        candidates
+            .source(index)
+            .and_then(|source| (source + i).checked_sub(1))
+            .and_then(|p| confidence.get(p))
+            .map_or(UNKNOWN, |&c| confidence_bucket(c))
     }
 
     /// Keeps the candidates with distinct first tokens, best first.
@@ -137,19 +207,30 @@ impl AdaptiveDrafting {
 
     /// Puts the best part of `candidates` into `tree` (cleared by the
     /// caller), at most `budget` nodes: the set of nodes with the highest
-    /// expected accepted tokens per unit of verify cost.
-    pub fn choose(&mut self, candidates: &Candidates, budget: usize, tree: &mut DraftTree) {
+    /// expected accepted tokens per unit of verify cost. `confidence` is
+    /// the session's record ([`crate::Session::confidence`]; may be empty).
+    pub fn choose(
+        &mut self,
+        candidates: &Candidates,
+        confidence: &[f32],
+        budget: usize,
+        tree: &mut DraftTree,
+    ) {
         self.keep_distinct(candidates);
         self.scored.clear();
         for (rank, &(index, bucket)) in self.kept.iter().enumerate() {
             let Some((tokens, _)) = candidates.get(index) else {
                 continue;
             };
-            let mut probability = self.first[bucket][rank].estimate();
+            let class = rank.min(RANK_CLASSES - 1);
+            let mut probability = 1.0;
             for depth in 1..=tokens.len().min(budget) {
-                if depth > 1 {
-                    probability *= self.next[bucket][(depth - 1).min(DEPTHS - 1)].estimate();
-                }
+                let conf = Self::token_bucket(candidates, index, depth - 1, confidence);
+                probability *= if depth == 1 {
+                    self.first[class][bucket][conf].estimate()
+                } else {
+                    self.next[depth_bucket(depth - 1)][conf].estimate()
+                };
                 self.scored.push(Scored {
                     probability,
                     rank,
@@ -191,8 +272,9 @@ impl AdaptiveDrafting {
 
     /// Learns from a step: `emitted` are the tokens the model produced after
     /// the root (the accepted draft tokens, then the bonus token), scored
-    /// against every candidate kept by the last [`AdaptiveDrafting::choose`].
-    pub fn learn(&mut self, candidates: &Candidates, emitted: &[u32]) {
+    /// against every candidate kept by the last [`AdaptiveDrafting::choose`]
+    /// (with the same `confidence` record).
+    pub fn learn(&mut self, candidates: &Candidates, confidence: &[f32], emitted: &[u32]) {
         for (rank, &(index, bucket)) in self.kept.iter().enumerate() {
             let Some((tokens, _)) = candidates.get(index) else {
                 continue;
@@ -200,12 +282,15 @@ impl AdaptiveDrafting {
             let (Some(&first), Some(&truth)) = (tokens.first(), emitted.first()) else {
                 continue;
             };
-            self.first[bucket][rank].record(first == truth);
+            let class = rank.min(RANK_CLASSES - 1);
+            let conf = Self::token_bucket(candidates, index, 0, confidence);
+            self.first[class][bucket][conf].record(first == truth);
             if first != truth {
                 continue;
             }
             for (depth, (&drafted, &actual)) in tokens.iter().zip(emitted).enumerate().skip(1) {
-                self.next[bucket][depth.min(DEPTHS - 1)].record(drafted == actual);
+                let conf = Self::token_bucket(candidates, index, depth, confidence);
+                self.next[depth_bucket(depth)][conf].record(drafted == actual);
                 if drafted != actual {
                     break;
                 }
@@ -228,10 +313,10 @@ mod tests {
         candidates.push(&[1, 2, 3, 4, 5], 3);
         candidates.push(&[6, 7], 3);
         let mut tree = DraftTree::new();
-        AdaptiveDrafting::new(vec![1.0; 17]).choose(&candidates, 6, &mut tree);
+        AdaptiveDrafting::new(vec![1.0; 17]).choose(&candidates, &[], 6, &mut tree);
         assert_eq!(tree.len(), 6);
         tree.clear();
-        AdaptiveDrafting::new(linear_costs(10.0, 16)).choose(&candidates, 6, &mut tree);
+        AdaptiveDrafting::new(linear_costs(10.0, 16)).choose(&candidates, &[], 6, &mut tree);
         assert!(tree.is_empty());
     }
 
@@ -245,18 +330,53 @@ mod tests {
         let mut tree = DraftTree::new();
         for _ in 0..20 {
             tree.clear();
-            always_right.choose(&candidates, 8, &mut tree);
-            always_right.learn(&candidates, &[1, 2, 3, 4, 5, 6, 7, 8, 9]);
+            always_right.choose(&candidates, &[], 8, &mut tree);
+            always_right.learn(&candidates, &[], &[1, 2, 3, 4, 5, 6, 7, 8, 9]);
             tree.clear();
-            always_wrong.choose(&candidates, 8, &mut tree);
-            always_wrong.learn(&candidates, &[9]);
+            always_wrong.choose(&candidates, &[], 8, &mut tree);
+            always_wrong.learn(&candidates, &[], &[9]);
         }
         tree.clear();
-        always_right.choose(&candidates, 8, &mut tree);
+        always_right.choose(&candidates, &[], 8, &mut tree);
         assert_eq!(tree.len(), 8);
         tree.clear();
-        always_wrong.choose(&candidates, 8, &mut tree);
+        always_wrong.choose(&candidates, &[], 8, &mut tree);
         assert!(tree.is_empty());
+    }
+
+    #[test]
+    fn confident_copies_are_drafted_and_surprising_ones_are_not() {
+        // The candidate copies positions 10.. of the sequence; the model's
+        // confidence there decides, before anything is learned.
+        let mut candidates = Candidates::default();
+        candidates.push_copy(&[1, 2, 3, 4, 5, 6], 3, 10);
+        let costs = linear_costs(0.25, 16);
+        let mut tree = DraftTree::new();
+        let sure = vec![0.99f32; 20];
+        AdaptiveDrafting::new(costs.clone()).choose(&candidates, &sure, 8, &mut tree);
+        assert_eq!(tree.len(), 6);
+        tree.clear();
+        let unsure = vec![0.05f32; 20];
+        AdaptiveDrafting::new(costs.clone()).choose(&candidates, &unsure, 8, &mut tree);
+        assert!(tree.is_empty());
+        // Confident up to the third token, then surprising: a short draft.
+        tree.clear();
+        let mut mixed = vec![0.99f32; 20];
+        mixed[12..].fill(0.05);
+        AdaptiveDrafting::new(costs).choose(&candidates, &mixed, 8, &mut tree);
+        assert!((1..=3).contains(&tree.len()), "{} nodes", tree.len());
+    }
+
+    #[test]
+    fn confidence_buckets_cover_the_unit_interval() {
+        assert_eq!(confidence_bucket(f32::NAN), UNKNOWN);
+        assert_eq!(confidence_bucket(0.0), 0);
+        assert_eq!(confidence_bucket(0.5), 2);
+        assert_eq!(confidence_bucket(0.999), CONFIDENCE_EDGES.len());
+        for b in 0..CONFIDENCE_BUCKETS {
+            let p = bucket_prior(b, 0.5);
+            assert!((0.0..=1.0).contains(&p));
+        }
     }
 
     #[test]
@@ -266,7 +386,7 @@ mod tests {
         candidates.push(&[1, 9, 9], 1); // same first token: dropped
         candidates.push(&[4, 5], 1);
         let mut tree = DraftTree::new();
-        AdaptiveDrafting::new(vec![1.0; 9]).choose(&candidates, 8, &mut tree);
+        AdaptiveDrafting::new(vec![1.0; 9]).choose(&candidates, &[], 8, &mut tree);
         assert_eq!(tree.len(), 5);
         assert!(tree.child(None, 1).is_some() && tree.child(None, 4).is_some());
     }

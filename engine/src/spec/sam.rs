@@ -191,7 +191,7 @@ impl Drafter for SamDrafter {
             let n = self.draft_len(m.len).min(max_len);
             let end = (m.next + n).min(seq.len());
             if let Some(tokens) = seq.get(m.next..end) {
-                out.push(tokens, m.len);
+                out.push_copy(tokens, m.len, m.next);
             }
         }
     }
