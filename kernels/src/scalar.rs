@@ -232,8 +232,10 @@ pub fn ggml_expf(x: f32) -> f32 {
         .mul_add(u, c(C3).mul_add(b, c(C2)))
         .mul_add(u, c(C1).mul_add(b, 1.0));
     // `vscalefps`: j · 2^n rounded once; the f64 product is exact
-    // (|n| <= 192), so the cast is that single rounding.
-    (j as f64 * 2f64.powi(n as i32)) as f32
+    // (|n| <= 192), so the cast is that single rounding. 2^n is built from
+    // its exponent bits (`powi` is a slow library call).
+    let two_n = f64::from_bits(((n as i64 + 1023) as u64) << 52);
+    (j as f64 * two_n) as f32
 }
 
 /// `x[i] = ggml_expf(x[i])`.

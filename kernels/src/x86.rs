@@ -828,7 +828,19 @@ unsafe fn avx512_exp_f32_impl(x: &mut [f32]) {
             _mm512_storeu_ps(ch.as_mut_ptr(), avx512_expf(v));
         }
     }
-    crate::scalar::scalar_exp_f32(chunks.into_remainder());
+    // The tail through the same vector code (element for element the
+    // scalar twin's result), padded with zeros.
+    let rest = chunks.into_remainder();
+    if !rest.is_empty() {
+        let mut pad = [0.0f32; 16];
+        pad[..rest.len()].copy_from_slice(rest);
+        // SAFETY: `pad` is 16 f32.
+        unsafe {
+            let v = _mm512_loadu_ps(pad.as_ptr());
+            _mm512_storeu_ps(pad.as_mut_ptr(), avx512_expf(v));
+        }
+        rest.copy_from_slice(&pad[..rest.len()]);
+    }
 }
 
 /// # Safety

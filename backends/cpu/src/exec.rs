@@ -87,6 +87,11 @@ struct KvPrefetch {
     parts: usize,
 }
 
+/// Fewest rows a run needs for its matmul phases to prefetch the KV cache:
+/// narrower matmuls are bound by memory themselves, so the prefetch would
+/// only add its own instructions.
+const KV_PREFETCH_MIN_ROWS: usize = 4;
+
 /// Cached K bytes and V bytes of one attention op.
 type KvBytes<'m> = (&'m [u8], &'m [u8]);
 
@@ -1032,6 +1037,9 @@ impl CpuExecutable {
         else {
             return Ok(None);
         };
+        if params.n_valid < KV_PREFETCH_MIN_ROWS {
+            return Ok(None);
+        }
         let Some(&Op::Attention {
             k_cache,
             v_cache,
