@@ -483,6 +483,7 @@ fn attend_group(
             scores,
             lanes,
             key,
+            chunk_sums,
         } = &mut *scratch;
         q16.clear();
         for r in rows.clone() {
@@ -528,6 +529,7 @@ fn attend_group(
                 ks,
                 v,
                 &mut scores[j * longest..j * longest + v.prefix_len + v.extra.len()],
+                chunk_sums,
             );
         }
         let per = LANES * head_dim;
@@ -574,7 +576,7 @@ fn attend_group(
 /// A row's scores in place → probabilities: `ggml_v_expf(s - max)`, summed
 /// per 16-slot chunk of the KV cache in `hsum16` order with the chunk sums
 /// added in f64, then `e · (1/sum)` rounded to f16.
-fn softmax(ks: &KernelSet, vis: &RowVisibility, scores: &mut [f32]) {
+fn softmax(ks: &KernelSet, vis: &RowVisibility, scores: &mut [f32], chunk_sums: &mut Vec<f32>) {
     if scores.is_empty() {
         return;
     }
@@ -588,10 +590,11 @@ fn softmax(ks: &KernelSet, vis: &RowVisibility, scores: &mut [f32]) {
     // their slots), then the slots after them chunk by chunk.
     let mut sum = 0.0f64;
     let full = prefix / LANES;
-    for chunk in scores[..full * LANES].chunks_exact(LANES) {
-        let mut c = [0.0f32; LANES];
-        c.copy_from_slice(chunk);
-        sum += crate::scalar::hsum16(&c) as f64;
+    chunk_sums.clear();
+    chunk_sums.resize(full, 0.0);
+    (ks.hsum16_chunks)(&scores[..full * LANES], chunk_sums);
+    for &c in chunk_sums.iter() {
+        sum += c as f64;
     }
     let rest = (full * LANES..prefix).chain((0..vis.extra.len()).map(|i| vis.extra_position(i)));
     let mut chunk = [0.0f32; LANES];
@@ -641,6 +644,8 @@ struct Scratch {
     lanes: Vec<f32>,
     /// One gathered key (tree slots outside the prefix).
     key: Vec<f16>,
+    /// A row's exp sums per 16-slot chunk.
+    chunk_sums: Vec<f32>,
 }
 
 thread_local! {

@@ -137,6 +137,10 @@ pub struct KernelSet {
     /// `out[i] = silu(gate[i]) * up[i]` as ggml's `ggml_vec_swiglu_f32`
     /// (bitwise equal across tiers).
     pub silu_mul_f32: fn(&[f32], &[f32], &mut [f32]),
+    /// `out[c] = hsum16(x[16c..16c + 16])` for every whole 16 of `x`: the
+    /// per-chunk exp sums of attention's softmax (see
+    /// [`scalar::scalar_hsum16_chunks`]; bitwise equal to it).
+    pub hsum16_chunks: fn(&[f32], &mut [f32]),
     /// Attention scores of several queries over consecutive slots of a
     /// blocked K cache (see [`scalar::scalar_attn_scores_f16`]; bitwise
     /// equal to it).
@@ -178,6 +182,7 @@ pub(crate) const SCALAR_KERNELS: KernelSet = KernelSet {
     scale_round_f16: scalar::scalar_scale_round_f16,
     exp_f32: scalar::scalar_exp_f32,
     silu_mul_f32: scalar::scalar_silu_mul_f32,
+    hsum16_chunks: scalar::scalar_hsum16_chunks,
     attn_scores_f16: scalar::scalar_attn_scores_f16,
     attn_values_f16: scalar::scalar_attn_values_f16,
     attn_values_f16_multi: scalar::scalar_attn_values_f16_multi,

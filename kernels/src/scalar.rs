@@ -291,6 +291,19 @@ pub fn scalar_attn_scores_f16(
     }
 }
 
+/// `out[c] = hsum16(x[16c..16c + 16])` for `c < x.len() / 16` (a partial
+/// last 16 is ignored).
+///
+/// # Panics
+/// If `out` is shorter than `x.len() / 16`.
+pub fn scalar_hsum16_chunks(x: &[f32], out: &mut [f32]) {
+    for (o, chunk) in out[..x.len() / 16].iter_mut().zip(x.chunks_exact(16)) {
+        let mut a = [0.0f32; 16];
+        a.copy_from_slice(chunk);
+        *o = hsum16(&a);
+    }
+}
+
 /// Per-query length of `m` queries back to back (`None`: nothing to do).
 fn query_len(q16: &[f32], m: usize) -> Option<usize> {
     if m == 0 || q16.is_empty() {

@@ -62,6 +62,7 @@ pub(crate) fn avx2_kernel_set() -> KernelSet {
         scale_round_f16: avx2_scale_round_f16,
         exp_f32: crate::scalar::scalar_exp_f32,
         silu_mul_f32: crate::scalar::scalar_silu_mul_f32,
+        hsum16_chunks: crate::scalar::scalar_hsum16_chunks,
         attn_scores_f16: avx2_attn_scores_f16,
         attn_values_f16: avx2_attn_values_f16,
         attn_values_f16_multi: avx2_attn_values_f16_multi,
@@ -90,6 +91,7 @@ pub(crate) fn avx512vnni_kernel_set() -> KernelSet {
         scale_round_f16: avx512_scale_round_f16,
         exp_f32: avx512_exp_f32,
         silu_mul_f32: avx512_silu_mul_f32,
+        hsum16_chunks: avx512_hsum16_chunks,
         attn_scores_f16: avx512_attn_scores_f16,
         attn_values_f16: avx512_attn_values_f16,
         attn_values_f16_multi: avx512_attn_values_f16_multi,
@@ -967,6 +969,56 @@ fn avx512_attn_scores_f16(
         }
         j0 += q;
     }
+}
+
+fn avx512_hsum16_chunks(x: &[f32], out: &mut [f32]) {
+    let chunks = x.len() / 16;
+    assert!(out.len() >= chunks, "hsum16_chunks: out too short");
+    let whole = chunks / 16 * 16;
+    for (group, sums) in x[..16 * whole]
+        .chunks_exact(256)
+        .zip(out[..whole].chunks_exact_mut(16))
+    {
+        // SAFETY: only installed in the AVX-512 KernelSet; `group` holds
+        // 16 × 16 values and `sums` 16.
+        unsafe {
+            let acc: [__m512; 16] =
+                core::array::from_fn(|c| _mm512_loadu_ps(group.as_ptr().add(16 * c)));
+            _mm512_storeu_ps(sums.as_mut_ptr(), hsum16_x16(&acc));
+        }
+    }
+    crate::scalar::scalar_hsum16_chunks(&x[16 * whole..16 * chunks], &mut out[whole..chunks]);
+}
+
+/// `hsum16` (GCC's `_mm512_reduce_add_ps` order) of sixteen registers at
+/// once, transposing as it adds: t[j] = a[j + 8] + a[j], u[j] = t[j + 4] +
+/// t[j], then (u0 + u2) + (u1 + u3).
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn hsum16_x16(acc: &[__m512; 16]) -> __m512 {
+    let t: [__m512; 8] = core::array::from_fn(|p| {
+        let (a, b) = (acc[2 * p], acc[2 * p + 1]);
+        _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b),
+            _mm512_shuffle_f32x4::<0b01_00_01_00>(a, b),
+        )
+    });
+    let u: [__m512; 4] = core::array::from_fn(|p| {
+        let (a, b) = (t[2 * p], t[2 * p + 1]);
+        _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b),
+            _mm512_shuffle_f32x4::<0b10_00_10_00>(a, b),
+        )
+    });
+    let w = u.map(|up| {
+        let v = _mm512_add_ps(up, _mm512_permute_ps::<0b01_00_11_10>(up));
+        _mm512_add_ps(v, _mm512_permute_ps::<0b00_00_00_01>(v))
+    });
+    // Lanes 0, 4, 8, 12 of w[0..4] hold sums 0..16 in order.
+    let pick = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 4, 8, 12, 16, 20, 24, 28);
+    let lo = _mm512_permutex2var_ps(w[0], pick, w[1]);
+    let hi = _mm512_permutex2var_ps(w[2], pick, w[3]);
+    _mm512_shuffle_f32x4::<0b01_00_01_00>(lo, hi)
 }
 
 /// Queries whose scores one pass over the key blocks computes together.

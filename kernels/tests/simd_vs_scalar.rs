@@ -6,8 +6,9 @@
 //!   follows llama.cpp's order of float operations);
 //! * `dot_f32`: `1e-5 · Σ |x_i·y_i|` (reassociated per tier);
 //! * the `_x4` kernels: bitwise equal, per row, to the tier's single-row kernel;
-//! * the fused attention kernels (`attn_scores_f16`, `attn_values_f16`):
-//!   bitwise equal to their scalar twins;
+//! * the fused attention kernels (`attn_scores_f16`, `attn_values_f16`) and
+//!   the softmax chunk sums (`hsum16_chunks`): bitwise equal to their
+//!   scalar twins;
 //! * the 8-row group GEMMs (`gemm_*_x8`): bitwise equal to their scalar twins
 //!   and, per row, to the scalar row-major dot of the unpacked row.
 //!
@@ -178,6 +179,20 @@ fn check_axpy_f16_f32(tier: Tier, len: usize, seed: u64) {
     scalar_axpy_f16_f32(a, &x, &mut yr);
     for i in 0..len {
         assert_bits("axpy", ys[i], yr[i]);
+    }
+}
+
+fn check_hsum16_chunks(tier: Tier, len: usize, seed: u64) {
+    let Some(ks) = kernels_or_skip(tier) else {
+        return;
+    };
+    let x = Rng::new(seed).vec(len, |r| r.unit().abs() * 3.0);
+    let chunks = len / 16;
+    let (mut got, mut want) = (vec![f32::NAN; chunks + 1], vec![f32::NAN; chunks + 1]);
+    (ks.hsum16_chunks)(&x, &mut got);
+    scalar_hsum16_chunks(&x, &mut want);
+    for (g, w) in got.iter().zip(&want) {
+        assert_bits("hsum16_chunks", *g, *w);
     }
 }
 
@@ -414,6 +429,7 @@ macro_rules! simd_twin_tests {
                 #[test] fn scale_f32(len in 0usize..300, seed in any::<u64>()) { check_scale_f32(TIER, len, seed) }
                 #[test] fn scale_round_f16(len in 0usize..300, seed in any::<u64>()) { check_scale_round_f16(TIER, len, seed) }
                 #[test] fn exp_f32(len in 0usize..300, seed in any::<u64>()) { check_exp_f32(TIER, len, seed) }
+                #[test] fn hsum16_chunks(len in 0usize..900, seed in any::<u64>()) { check_hsum16_chunks(TIER, len, seed) }
                 #[test] fn silu_mul_f32(len in 0usize..300, seed in any::<u64>()) { check_silu_mul_f32(TIER, len, seed) }
                 #[test] fn attn_f16(n in 0usize..600, hd_chunks in 0usize..5, first in 0usize..40, seed in any::<u64>()) { check_attn(TIER, n, hd_chunks, first, seed) }
                 #[test] fn gemm_q4_0_x8(nb in 0usize..40, n in 1usize..10, seed in any::<u64>()) { check_gemm_q4_0_x8(TIER, nb, n, seed) }
