@@ -764,6 +764,9 @@ impl Session {
             }
             _ => None,
         };
+        // Draft reuse goes with adaptive drafting in greedy mode (it reads
+        // the model's argmax at every row).
+        let mut reuse = (policy.is_some() && greedy).then(crate::spec::DraftReuse::new);
         let mut tree = crate::spec::DraftTree::new();
         let mut candidates = crate::spec::Candidates::default();
         let mut sampling = crate::spec::TreeSampling::new();
@@ -794,6 +797,9 @@ impl Session {
             candidates.clear();
             if budget > 0 {
                 drafter.propose(budget, &mut candidates);
+                if let Some(reuse) = &mut reuse {
+                    reuse.offer(budget, &mut candidates);
+                }
             }
             match &mut policy {
                 Some(policy) => policy.choose(&candidates, &self.confidence, budget, &mut tree),
@@ -808,6 +814,9 @@ impl Session {
             };
             stats.verify += verifying.elapsed();
             let drafting = Instant::now();
+            if let (Some(reuse), Some((best, _))) = (&mut reuse, candidates.get(0)) {
+                reuse.observe(&tree, best, &self.verify_predicted);
+            }
             if let Some(policy) = &mut policy {
                 emitted.clear();
                 emitted.extend_from_slice(&step.accepted);

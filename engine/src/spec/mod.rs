@@ -11,12 +11,14 @@
 
 mod pld;
 mod policy;
+mod reuse;
 mod sam;
 mod sampling;
 mod tree;
 
 pub use pld::PromptLookup;
 pub use policy::AdaptiveDrafting;
+pub use reuse::DraftReuse;
 pub use sam::{SamDrafter, SuffixAutomaton};
 pub use sampling::{accept_sampled, TreeSampling};
 pub use tree::{Acceptance, DraftTree, NodeId};
