@@ -168,7 +168,7 @@ impl Session {
     /// Turns on (or off) the record of the model's confidence in each token
     /// of the history ([`Session::confidence`]): prefill then computes the
     /// logits of every prompt row (the output head for all rows, about a
-    /// quarter more prefill work), and speculative steps record the
+    /// third more prefill time), and speculative steps record the
     /// probability of each token they commit. Context-aligned drafting
     /// reads it to estimate how likely a copy of the context is accepted.
     pub fn set_calibration(&mut self, on: bool) {
