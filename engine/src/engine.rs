@@ -267,6 +267,37 @@ impl Engine {
         self.inner.plan.options.context_length
     }
 
+    /// The verify pass time by width that adaptive drafting uses (ms,
+    /// index = rows, index 0 unused), once a speculative request measured it
+    /// ([`crate::Session::measure_verify_costs`]) or it was set.
+    pub fn verify_costs(&self) -> Option<Vec<f64>> {
+        self.inner.verify_costs.lock().ok().and_then(|c| c.clone())
+    }
+
+    /// Sets the verify-cost table (e.g. one an earlier run on this machine
+    /// and model measured and cached), so that the first speculative request
+    /// skips the measurement. A table narrower than a request's widest tree
+    /// is measured again then.
+    ///
+    /// Returns an error unless it has at least one width and every entry
+    /// from index 1 on is finite and positive.
+    pub fn set_verify_costs(&self, costs: Vec<f64>) -> Result<()> {
+        let valid = costs.len() >= 2 && costs[1..].iter().all(|c| c.is_finite() && *c > 0.0);
+        if !valid {
+            return Err(Error::InvalidOption {
+                name: "verify costs",
+                message: format!(
+                    "{} entries; every one after the first must be a positive time",
+                    costs.len()
+                ),
+            });
+        }
+        if let Ok(mut cached) = self.inner.verify_costs.lock() {
+            *cached = Some(costs);
+        }
+        Ok(())
+    }
+
     /// Kernel tier and thread count, for reports.
     pub fn backend_description(&self) -> String {
         format!(

@@ -3,6 +3,7 @@
 mod bench;
 mod bench_workload;
 mod common;
+mod cost_cache;
 mod inspect;
 mod run;
 

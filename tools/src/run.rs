@@ -1,6 +1,7 @@
 //! `coordgen run` and `coordgen chat`.
 
 use crate::common::{load_engine, prefill_bar, user_message, ModelArgs, SamplingArgs};
+use crate::cost_cache::CostCache;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use coordgen::{ChatMessage, GenerateParams, Generation};
@@ -184,9 +185,18 @@ pub fn run(args: RunArgs) -> Result<()> {
     let (generation, spec_stats) = match drafter.as_deref_mut() {
         None => (session.generate(&tokens, &gen_params, on_text)?, None),
         Some(d) => {
+            // Adaptive drafting's verify costs, measured once per machine,
+            // model and setting.
+            let cache = (spec.drafting == coordgen::Drafting::Adaptive)
+                .then(|| CostCache::new(&engine, tokens.len()))
+                .flatten();
+            let cached = cache.as_ref().is_some_and(|c| c.load_into(&engine));
             let (g, stats) = session
                 .generate_speculative(&tokens, &gen_params, d, &spec, on_text)
                 .context("speculative decoding")?;
+            if let (Some(cache), false) = (&cache, cached) {
+                cache.store_from(&engine);
+            }
             (g, Some(stats))
         }
     };
