@@ -43,6 +43,56 @@ pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     });
 }
 
+/// [`rms_norm`] of every row of `x` (rows of `weight.len()` values), bitwise
+/// as row by row. The f64 sum of squares is one long chain of dependent
+/// adds per row, so four rows at a time keep four chains in flight.
+///
+/// # Panics
+/// If `x` is not whole rows or `out` is not as long as `x`.
+pub fn rms_norm_rows(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let cols = weight.len();
+    assert_eq!(x.len(), out.len(), "rms_norm_rows: out length");
+    if cols == 0 {
+        return;
+    }
+    assert!(
+        x.len().is_multiple_of(cols),
+        "rms_norm_rows: x is not whole rows"
+    );
+    let mut xs = x.chunks_exact(4 * cols);
+    let mut outs = out.chunks_exact_mut(4 * cols);
+    for (x4, out4) in (&mut xs).zip(&mut outs) {
+        let mut sums = [0.0f64; 4];
+        for i in 0..cols {
+            for (k, sum) in sums.iter_mut().enumerate() {
+                let v = x4[k * cols + i];
+                *sum += (v * v) as f64;
+            }
+        }
+        for ((sum, row), out_row) in sums
+            .iter()
+            .zip(x4.chunks_exact(cols))
+            .zip(out4.chunks_exact_mut(cols))
+        {
+            let mean = (sum / cols as f64) as f32;
+            let scale = 1.0 / (mean + eps).sqrt();
+            arch().dispatch(ScaleMulF32 {
+                x: row,
+                scale,
+                w: weight,
+                out: out_row,
+            });
+        }
+    }
+    for (row, out_row) in xs
+        .remainder()
+        .chunks_exact(cols)
+        .zip(outs.into_remainder().chunks_exact_mut(cols))
+    {
+        rms_norm(row, weight, eps, out_row);
+    }
+}
+
 /// In-place RoPE, ggml "normal" mode (rotates adjacent pairs `x[2i], x[2i+1]`)
 /// for one token: `x` holds `n_heads × head_dim` values.
 ///

@@ -244,3 +244,25 @@ fn softmax_probability_matches_an_f64_softmax() {
         );
     }
 }
+
+#[test]
+fn rms_norm_rows_equals_rms_norm_row_by_row() {
+    let mut rng = Rng::new(91);
+    for rows in 0..10 {
+        let cols = 576;
+        let x = rng.vec(rows * cols, |r| r.unit() * 4.0);
+        let w = rng.vec(cols, |r| r.unit());
+        let mut got = vec![0.0; rows * cols];
+        rms_norm_rows(&x, &w, 1e-5, &mut got);
+        let mut want = vec![0.0; rows * cols];
+        for (row, out) in x.chunks_exact(cols).zip(want.chunks_exact_mut(cols)) {
+            rms_norm(row, &w, 1e-5, out);
+        }
+        assert!(
+            got.iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{rows} rows"
+        );
+    }
+}

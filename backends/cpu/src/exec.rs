@@ -1273,14 +1273,7 @@ impl CpuExecutable {
                     mem.typed::<f32>(weight)?,
                     mem.typed_mut::<f32>(out)?,
                 );
-                for r in 0..n {
-                    coordgen_kernels::ops::rms_norm(
-                        &x[r * c..(r + 1) * c],
-                        w,
-                        eps,
-                        &mut out[r * c..(r + 1) * c],
-                    );
-                }
+                coordgen_kernels::ops::rms_norm_rows(&x[..n * c], w, eps, &mut out[..n * c]);
             }
             Op::MatMul { x, w, out } => {
                 let wd = &g.tensors[w.0];
