@@ -115,8 +115,10 @@ pub struct Session {
 }
 
 /// Prompt tokens per forward pass of a calibrating prefill: every row's
-/// logits are kept for the pass only (32 rows: 6 MB for a 49k vocabulary).
-const CALIBRATION_CHUNK: usize = 32;
+/// logits are kept for the pass only (12.6 MB for a 49k vocabulary). Measured
+/// on a 671-token prompt, 2 threads: 0.78 ms per token with chunks of 32,
+/// 0.68 with 64, 0.67 with 128 (and 27 MB more peak memory than 64).
+const CALIBRATION_CHUNK: usize = 64;
 
 /// Records at `confidence[position]` the probability of `token` under
 /// `logits` (growing the record with unknowns as needed).
@@ -168,7 +170,7 @@ impl Session {
     /// Turns on (or off) the record of the model's confidence in each token
     /// of the history ([`Session::confidence`]): prefill then computes the
     /// logits of every prompt row (the output head for all rows, about a
-    /// third more prefill time), and speculative steps record the
+    /// tenth more prefill time), and speculative steps record the
     /// probability of each token they commit. Context-aligned drafting
     /// reads it to estimate how likely a copy of the context is accepted.
     pub fn set_calibration(&mut self, on: bool) {
