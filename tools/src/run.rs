@@ -110,6 +110,11 @@ pub struct ChatArgs {
     pub max_tokens: usize,
     #[command(flatten)]
     pub sampling: SamplingArgs,
+    /// Speculative decoding of each answer (as `run --spec`; the answers are
+    /// the same, sooner): drafts from the documents, the conversation and
+    /// the answer so far
+    #[arg(long, value_enum, default_value_t = SpecMethod::Sam)]
+    pub spec: SpecMethod,
 }
 
 fn params(max_tokens: usize, stop: &[String], sampling: &SamplingArgs) -> GenerateParams {
@@ -185,18 +190,8 @@ pub fn run(args: RunArgs) -> Result<()> {
     let (generation, spec_stats) = match drafter.as_deref_mut() {
         None => (session.generate(&tokens, &gen_params, on_text)?, None),
         Some(d) => {
-            // Adaptive drafting's verify costs, measured once per machine,
-            // model and setting.
-            let cache = (spec.drafting == coordgen::Drafting::Adaptive)
-                .then(|| CostCache::new(&engine, tokens.len()))
-                .flatten();
-            let cached = cache.as_ref().is_some_and(|c| c.load_into(&engine));
-            let (g, stats) = session
-                .generate_speculative(&tokens, &gen_params, d, &spec, on_text)
-                .context("speculative decoding")?;
-            if let (Some(cache), false) = (&cache, cached) {
-                cache.store_from(&engine);
-            }
+            let (g, stats) =
+                speculate_cached(&mut session, &tokens, &gen_params, d, &spec, on_text)?;
             (g, Some(stats))
         }
     };
@@ -255,6 +250,30 @@ pub fn run(args: RunArgs) -> Result<()> {
     Ok(())
 }
 
+/// [`coordgen::Session::generate_speculative`], with adaptive drafting's
+/// verify costs measured once per machine, model and setting ([`CostCache`]).
+fn speculate_cached(
+    session: &mut coordgen::Session,
+    tokens: &[u32],
+    params: &GenerateParams,
+    drafter: &mut dyn coordgen::spec::Drafter,
+    spec: &coordgen::SpecConfig,
+    on_text: impl FnMut(&str) -> bool,
+) -> Result<(Generation, coordgen::SpecStats)> {
+    let engine = session.engine().clone();
+    let cache = (spec.drafting == coordgen::Drafting::Adaptive)
+        .then(|| CostCache::new(&engine, tokens.len()))
+        .flatten();
+    let cached = cache.as_ref().is_some_and(|c| c.load_into(&engine));
+    let result = session
+        .generate_speculative(tokens, params, drafter, spec, on_text)
+        .context("speculative decoding")?;
+    if let (Some(cache), false) = (&cache, cached) {
+        cache.store_from(&engine);
+    }
+    Ok(result)
+}
+
 pub fn chat(args: ChatArgs) -> Result<()> {
     let engine = load_engine(&args.model, false)?;
     let mut messages = Vec::new();
@@ -262,6 +281,8 @@ pub fn chat(args: ChatArgs) -> Result<()> {
         messages.push(ChatMessage::system(system));
     }
     let mut session = engine.session();
+    let mut drafter = args.spec.drafter();
+    let spec = spec_config(DEFAULT_VERIFY_WIDTH, DraftingArg::Adaptive)?;
     let mut pending_context = args.context.clone();
     let interactive = std::io::stdin().is_terminal();
     eprintln!(
@@ -286,15 +307,18 @@ pub fn chat(args: ChatArgs) -> Result<()> {
         let rendered = engine.render_chat(&messages)?;
         let tokens = engine.tokenize_chat(&rendered)?;
         let mut stdout = std::io::stdout().lock();
-        let generation = session.generate(
-            &tokens,
-            &params(args.max_tokens, &[], &args.sampling),
-            |piece| {
-                let _ = stdout.write_all(piece.as_bytes());
-                let _ = stdout.flush();
-                true
-            },
-        )?;
+        let on_text = |piece: &str| {
+            let _ = stdout.write_all(piece.as_bytes());
+            let _ = stdout.flush();
+            true
+        };
+        let answer_params = params(args.max_tokens, &[], &args.sampling);
+        let generation = match drafter.as_deref_mut() {
+            None => session.generate(&tokens, &answer_params, on_text)?,
+            Some(d) => {
+                speculate_cached(&mut session, &tokens, &answer_params, d, &spec, on_text)?.0
+            }
+        };
         writeln!(stdout)?;
         print_stats(&generation);
         messages.push(ChatMessage::assistant(generation.text.clone()));
