@@ -20,9 +20,10 @@ fn chat(spec: &str) -> Option<String> {
         .expect("running coordgen chat");
     child
         .stdin
-        .take()?
+        .take()
+        .expect("chat's stdin")
         .write_all(b"Repeat: red green blue, red green blue.\nAnd once more, please.\n")
-        .ok()?;
+        .expect("writing to chat");
     let output = child.wait_with_output().expect("coordgen chat");
     assert!(
         output.status.success(),
