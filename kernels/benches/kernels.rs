@@ -55,7 +55,9 @@
 //! rayon's global pool (`RAYON_NUM_THREADS=1` for a one-core figure). On a
 //! shared or busy machine, compare numbers from the same run only.
 
-use coordgen_kernels::attention::{attention, AttentionShape, BlockedKeys, RowVisibility};
+use coordgen_kernels::attention::{
+    attention, AttentionShape, BlockedKeys, RowVisibility, ScoreJob,
+};
 use coordgen_kernels::quant::{
     quantize_row_q4_0, quantize_row_q4_1, quantize_row_q8_0, BlockQ8_0, BlockQ8_1, QK,
 };
@@ -419,17 +421,16 @@ fn attn(c: &mut Criterion) {
         for ks in kernel_sets() {
             let f = black_box(ks.attn_scores_f16);
             let mut scores = vec![0.0f32; m * SLOTS];
+            let job = ScoreJob {
+                q16: &q16[..m * HEAD_DIM],
+                queries: m,
+                keys,
+                slots: 0..SLOTS,
+                scale,
+            };
             g.bench_function(format!("scores_f16/m={m}/{}", ks.tier), |b| {
                 b.iter(|| {
-                    f(
-                        &q16[..m * HEAD_DIM],
-                        m,
-                        black_box(keys),
-                        0..SLOTS,
-                        scale,
-                        &mut scores,
-                        SLOTS,
-                    );
+                    f(black_box(&job), &mut scores, SLOTS);
                     black_box(&mut scores);
                 })
             });

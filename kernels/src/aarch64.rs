@@ -107,27 +107,12 @@ pub(crate) fn neon_kernel_set() -> KernelSet {
 
 /// The portable block kernel: on aarch64 the compiler vectorizes its
 /// 16-slot rows with NEON FMAs (`f32::mul_add` is `fmla`).
-#[allow(clippy::too_many_arguments)]
 fn neon_attn_scores_f16(
-    q16: &[f32],
-    m: usize,
-    keys: crate::attention::BlockedKeys,
-    slots: std::ops::Range<usize>,
-    scale: f32,
+    job: &crate::attention::ScoreJob,
     scores: &mut [f32],
     scores_stride: usize,
 ) {
-    use half::slice::HalfFloatSliceExt;
-    crate::scalar::blocked_scores_portable(
-        |x: &[half::f16], y: &mut [f32]| x.convert_to_f32_slice(y),
-        q16,
-        m,
-        keys,
-        slots,
-        scale,
-        scores,
-        scores_stride,
-    );
+    crate::scalar::blocked_scores_portable(job, scores, scores_stride);
 }
 
 pub(crate) fn neon_dotprod_kernel_set() -> KernelSet {

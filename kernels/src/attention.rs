@@ -152,6 +152,40 @@ impl BlockedKeys<'_> {
     }
 }
 
+/// One call of a score kernel ([`crate::KernelSet::attn_scores_f16`]):
+/// `queries` queries, already rounded to f16 and held as f32 (`q16`, one
+/// after another), against the keys of `slots`, times `scale`.
+#[derive(Clone, Debug)]
+pub struct ScoreJob<'a> {
+    /// The queries, `queries × head_dim` values.
+    pub q16: &'a [f32],
+    /// How many queries `q16` holds.
+    pub queries: usize,
+    /// One KV head's keys.
+    pub keys: BlockedKeys<'a>,
+    /// The slots scored, in order.
+    pub slots: std::ops::Range<usize>,
+    /// Factor of every score (usually `1 / sqrt(head_dim)`).
+    pub scale: f32,
+}
+
+impl ScoreJob<'_> {
+    /// Values per query; `None` when there is nothing to compute.
+    ///
+    /// # Panics
+    /// If `q16` is not `queries` queries of equal length.
+    pub fn head_dim(&self) -> Option<usize> {
+        if self.queries == 0 || self.q16.is_empty() || self.slots.is_empty() {
+            return None;
+        }
+        assert!(
+            self.q16.len().is_multiple_of(self.queries),
+            "attn_scores: q16 is not `queries` queries"
+        );
+        Some(self.q16.len() / self.queries)
+    }
+}
+
 /// Attention head geometry.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AttentionShape {
@@ -496,7 +530,14 @@ fn attend_group(
         scores.clear();
         scores.resize(m * longest, 0.0);
         if common > 0 {
-            (ks.attn_scores_f16)(q16, m, keys, 0..common, scale, scores, longest);
+            let job = ScoreJob {
+                q16,
+                queries: m,
+                keys,
+                slots: 0..common,
+                scale,
+            };
+            (ks.attn_scores_f16)(&job, scores, longest);
         }
         key.clear();
         key.resize(head_dim, f16::ZERO);
@@ -506,15 +547,14 @@ fn attend_group(
             let qs = &q16[first * head_dim..(first + n_heads_here) * head_dim];
             let sc = &mut scores[first * longest..];
             if v.prefix_len > common {
-                (ks.attn_scores_f16)(
-                    qs,
-                    n_heads_here,
+                let job = ScoreJob {
+                    q16: qs,
+                    queries: n_heads_here,
                     keys,
-                    common..v.prefix_len,
+                    slots: common..v.prefix_len,
                     scale,
-                    &mut sc[common..],
-                    longest,
-                );
+                };
+                (ks.attn_scores_f16)(&job, &mut sc[common..], longest);
             }
             for (e, &t) in v.extra.iter().enumerate() {
                 keys.gather(t as usize, key);

@@ -8,7 +8,7 @@
 //! function that assumes the tier's CPU features; [`KernelSet::for_tier`]
 //! only builds such a set after checking those features at run time.
 
-use crate::attention::BlockedKeys;
+use crate::attention::ScoreJob;
 use crate::quant::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1};
 use crate::repack::{self, BlockQ4_0x8, BlockQ4_1x8, BlockQ8_0x8, GroupGemm};
 use crate::scalar;
@@ -82,10 +82,8 @@ impl fmt::Display for Tier {
     }
 }
 
-/// `(q16, m, keys, slots, scale, scores, scores_stride)`: see
-/// [`scalar::scalar_attn_scores_f16`].
-pub type AttnScores =
-    fn(&[f32], usize, BlockedKeys, std::ops::Range<usize>, f32, &mut [f32], usize);
+/// `(job, scores, scores_stride)`: see [`scalar::scalar_attn_scores_f16`].
+pub type AttnScores = fn(&ScoreJob, &mut [f32], usize);
 
 /// `(p, p_stride, m, n, v, stride, first, lanes)`: see
 /// [`scalar::scalar_attn_values_f16_multi`].

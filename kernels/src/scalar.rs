@@ -8,10 +8,9 @@
 //! `tinyBLAS`). The SIMD twins do exactly the same float operations, so the
 //! tiers agree bitwise and coordgen's logits match llama.cpp's.
 
-use crate::attention::BlockedKeys;
+use crate::attention::ScoreJob;
 use crate::quant::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, QK};
 use half::f16;
-use std::ops::Range;
 
 #[track_caller]
 #[inline(always)]
@@ -258,35 +257,25 @@ pub fn scalar_silu_mul_f32(gate: &[f32], up: &[f32], out: &mut [f32]) {
     }
 }
 
-/// Attention scores of `m` queries (`q16`: `m × head_dim`, back to back)
-/// over the slots `slots` of a blocked K cache: query `j`'s score of slot
+/// Attention scores of a [`ScoreJob`]: query `j`'s score of slot
 /// `slots.start + i` goes to `scores[j * scores_stride + i]` and equals
 /// `scalar_dot_f16_f32(key, query) * scale` (sixteen lanes, element `d`
 /// FMA'd into lane `d % 16`, then [`hsum16`]).
 ///
 /// # Panics
-/// If `q16.len()` is not a multiple of `m`, or the keys or `scores` are too
-/// short.
-pub fn scalar_attn_scores_f16(
-    q16: &[f32],
-    m: usize,
-    keys: BlockedKeys,
-    slots: Range<usize>,
-    scale: f32,
-    scores: &mut [f32],
-    scores_stride: usize,
-) {
-    let Some(hd) = query_len(q16, m) else {
+/// If `q16` is not whole queries, or the keys or `scores` are too short.
+pub fn scalar_attn_scores_f16(job: &ScoreJob, scores: &mut [f32], scores_stride: usize) {
+    let Some(hd) = job.head_dim() else {
         return;
     };
-    keys.assert_covers(slots.end, hd);
-    for (j, q) in q16.chunks_exact(hd).enumerate() {
-        for (i, t) in slots.clone().enumerate() {
+    job.keys.assert_covers(job.slots.end, hd);
+    for (j, q) in job.q16.chunks_exact(hd).enumerate() {
+        for (i, t) in job.slots.clone().enumerate() {
             let mut acc = [0.0f32; 16];
             for (d, &x) in q.iter().enumerate() {
-                acc[d % 16] = keys.get(t, d).to_f32().mul_add(x, acc[d % 16]);
+                acc[d % 16] = job.keys.get(t, d).to_f32().mul_add(x, acc[d % 16]);
             }
-            scores[j * scores_stride + i] = hsum16(&acc) * scale;
+            scores[j * scores_stride + i] = hsum16(&acc) * job.scale;
         }
     }
 }
@@ -304,45 +293,31 @@ pub fn scalar_hsum16_chunks(x: &[f32], out: &mut [f32]) {
     }
 }
 
-/// Per-query length of `m` queries back to back (`None`: nothing to do).
-fn query_len(q16: &[f32], m: usize) -> Option<usize> {
-    if m == 0 || q16.is_empty() {
-        return None;
-    }
-    assert!(
-        q16.len().is_multiple_of(m),
-        "attn_scores: q16 is not m queries"
-    );
-    Some(q16.len() / m)
-}
-
 /// Longest head the block score kernels hold on the stack.
 pub(crate) const MAX_BLOCK_HEAD_DIM: usize = 256;
 
 /// [`scalar_attn_scores_f16`] a key block at a time, in plain arrays that
 /// the compiler vectorizes across the block's 16 slots (each slot's 16-lane
 /// dot runs in the 16 columns of `acc`, in the same FMA order). Inlined
-/// into the tiers' `#[target_feature]` functions; `convert` turns f16 into
-/// f32 exactly (any route gives the same values).
+/// into the tiers' `#[target_feature]` functions (half's slice conversion
+/// picks the CPU's f16 instructions; every route gives the same values).
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn blocked_scores_portable(
-    convert: impl Fn(&[f16], &mut [f32]),
-    q16: &[f32],
-    m: usize,
-    keys: BlockedKeys,
-    slots: Range<usize>,
-    scale: f32,
-    scores: &mut [f32],
-    scores_stride: usize,
-) {
-    let Some(hd) = query_len(q16, m) else {
+pub(crate) fn blocked_scores_portable(job: &ScoreJob, scores: &mut [f32], scores_stride: usize) {
+    use half::slice::HalfFloatSliceExt;
+    let Some(hd) = job.head_dim() else {
         return;
     };
     if hd > MAX_BLOCK_HEAD_DIM {
-        scalar_attn_scores_f16(q16, m, keys, slots, scale, scores, scores_stride);
+        scalar_attn_scores_f16(job, scores, scores_stride);
         return;
     }
+    let ScoreJob {
+        q16,
+        keys,
+        ref slots,
+        scale,
+        ..
+    } = *job;
     keys.assert_covers(slots.end, hd);
     let mut block_keys = [0.0f32; 16 * MAX_BLOCK_HEAD_DIM];
     let block_keys = &mut block_keys[..16 * hd];
@@ -350,7 +325,7 @@ pub(crate) fn blocked_scores_portable(
     while t < slots.end {
         let block = t / 16;
         let (lo, hi) = (t % 16, (slots.end - 16 * block).min(16));
-        convert(keys.block(block, hd), block_keys);
+        keys.block(block, hd).convert_to_f32_slice(block_keys);
         for (j, q) in q16.chunks_exact(hd).enumerate() {
             let mut acc = [[0.0f32; 16]; 16];
             for (d, (&x, column)) in q.iter().zip(block_keys.chunks_exact(16)).enumerate() {

@@ -20,17 +20,15 @@
 //! reached through a [`KernelSet`] that [`KernelSet::for_tier`] builds after
 //! the matching `*_available()` check succeeded.
 
-use crate::attention::BlockedKeys;
+use crate::attention::ScoreJob;
 use crate::dispatch::{KernelSet, Tier};
 use crate::quant::{q8_scale, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, QK};
 use crate::scalar::assert_same_len;
 use crate::simd_f32::{DotF32, ScaleF32};
 use core::arch::x86_64::*;
 use half::f16;
-use half::slice::HalfFloatSliceExt;
 use pulp::x86::{V3, V4};
 use pulp::Simd;
-use std::ops::Range;
 
 /// AVX2 tier: pulp's V3 (AVX2, FMA, BMI…) plus F16C for f16 conversions.
 pub(crate) fn avx2_available() -> bool {
@@ -921,30 +919,18 @@ unsafe fn avx512_scale_round_f16_impl(a: f32, x: &mut [f32]) {
 // Attention over the f16 KV cache, sixteen slots at a time.
 // ---------------------------------------------------------------------------
 
-fn avx512_attn_scores_f16(
-    q16: &[f32],
-    m: usize,
-    keys: BlockedKeys,
-    slots: Range<usize>,
-    scale: f32,
-    scores: &mut [f32],
-    scores_stride: usize,
-) {
-    if m == 0 || q16.is_empty() || slots.is_empty() {
+fn avx512_attn_scores_f16(job: &ScoreJob, scores: &mut [f32], scores_stride: usize) {
+    let Some(hd) = job.head_dim() else {
         return;
-    }
-    assert!(
-        q16.len().is_multiple_of(m),
-        "attn_scores: q16 is not m queries"
-    );
-    let hd = q16.len() / m;
+    };
     if !hd.is_multiple_of(16) {
-        crate::scalar::scalar_attn_scores_f16(q16, m, keys, slots, scale, scores, scores_stride);
+        crate::scalar::scalar_attn_scores_f16(job, scores, scores_stride);
         return;
     }
-    keys.assert_covers(slots.end, hd);
+    let m = job.queries;
+    job.keys.assert_covers(job.slots.end, hd);
     assert!(
-        scores.len() >= (m - 1) * scores_stride + slots.len(),
+        scores.len() >= (m - 1) * scores_stride + job.slots.len(),
         "attn_scores: scores too short"
     );
     // Queries per pass: as even as possible, at most BLOCK_QUERIES.
@@ -952,19 +938,23 @@ fn avx512_attn_scores_f16(
     let mut j0 = 0;
     for pass in 0..passes {
         let q = (m - j0) / (passes - pass);
-        let qs = &q16[j0 * hd..(j0 + q) * hd];
+        let part = ScoreJob {
+            q16: &job.q16[j0 * hd..(j0 + q) * hd],
+            queries: q,
+            ..job.clone()
+        };
         let out = &mut scores[j0 * scores_stride..];
         // SAFETY: only installed in the AVX-512 KernelSet (after
         // `avx512vnni_available()`); keys, queries and scores are in bounds
         // (checked above) and `hd` is a positive multiple of 16.
         unsafe {
             match q {
-                1 => blocked_scores::<1>(qs, keys, slots.clone(), scale, out, scores_stride),
-                2 => blocked_scores::<2>(qs, keys, slots.clone(), scale, out, scores_stride),
-                3 => blocked_scores::<3>(qs, keys, slots.clone(), scale, out, scores_stride),
-                4 => blocked_scores::<4>(qs, keys, slots.clone(), scale, out, scores_stride),
-                5 => blocked_scores::<5>(qs, keys, slots.clone(), scale, out, scores_stride),
-                _ => blocked_scores::<6>(qs, keys, slots.clone(), scale, out, scores_stride),
+                1 => blocked_scores::<1>(&part, out, scores_stride),
+                2 => blocked_scores::<2>(&part, out, scores_stride),
+                3 => blocked_scores::<3>(&part, out, scores_stride),
+                4 => blocked_scores::<4>(&part, out, scores_stride),
+                5 => blocked_scores::<5>(&part, out, scores_stride),
+                _ => blocked_scores::<6>(&part, out, scores_stride),
             }
         }
         j0 += q;
@@ -1036,18 +1026,18 @@ const PREFETCH_BLOCKS: usize = 3;
 /// column feeds the FMAs of all `Q` queries.
 ///
 /// # Safety
-/// The CPU must support AVX-512 F, AVX2, FMA and F16C; `qs` is `Q` queries
-/// of a positive multiple of 16 values; the keys cover `slots` and `out`
-/// holds `Q` rows of `out_stride` covering `slots.len()`.
+/// The CPU must support AVX-512 F, AVX2, FMA and F16C; `job` holds `Q`
+/// queries of a positive multiple of 16 values; its keys cover its slots
+/// and `out` holds `Q` rows of `out_stride` covering them.
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-unsafe fn blocked_scores<const Q: usize>(
-    qs: &[f32],
-    keys: BlockedKeys,
-    slots: Range<usize>,
-    scale: f32,
-    out: &mut [f32],
-    out_stride: usize,
-) {
+unsafe fn blocked_scores<const Q: usize>(job: &ScoreJob, out: &mut [f32], out_stride: usize) {
+    let ScoreJob {
+        q16: qs,
+        keys,
+        ref slots,
+        scale,
+        ..
+    } = *job;
     let hd = qs.len() / Q;
     let q_ptr = qs.as_ptr();
     let scale_v = _mm512_set1_ps(scale);
@@ -1432,46 +1422,20 @@ unsafe fn values_group<const Q: usize, const CH: usize>(job: &ValuesJob) {
 }
 
 // ---------------------------------------------------------------------------
-// AVX2 attention: slot by slot with the AVX2 f16 dot and axpy (the same
-// operations as the scalar twins, which these loops mirror).
+// AVX2 attention: the portable block score kernel, and values slot by slot
+// with the AVX2 axpy (the same operations as the scalar twins).
 // ---------------------------------------------------------------------------
 
-#[allow(clippy::too_many_arguments)]
-fn avx2_attn_scores_f16(
-    q16: &[f32],
-    m: usize,
-    keys: BlockedKeys,
-    slots: Range<usize>,
-    scale: f32,
-    scores: &mut [f32],
-    scores_stride: usize,
-) {
+fn avx2_attn_scores_f16(job: &ScoreJob, scores: &mut [f32], scores_stride: usize) {
     // SAFETY: only installed in the AVX2 KernelSet (after `avx2_available()`).
-    unsafe { avx2_attn_scores_f16_impl(q16, m, keys, slots, scale, scores, scores_stride) }
+    unsafe { avx2_attn_scores_f16_impl(job, scores, scores_stride) }
 }
 
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn avx2_attn_scores_f16_impl(
-    q16: &[f32],
-    m: usize,
-    keys: BlockedKeys,
-    slots: Range<usize>,
-    scale: f32,
-    scores: &mut [f32],
-    scores_stride: usize,
-) {
-    crate::scalar::blocked_scores_portable(
-        |x: &[f16], y: &mut [f32]| x.convert_to_f32_slice(y),
-        q16,
-        m,
-        keys,
-        slots,
-        scale,
-        scores,
-        scores_stride,
-    );
+unsafe fn avx2_attn_scores_f16_impl(job: &ScoreJob, scores: &mut [f32], scores_stride: usize) {
+    crate::scalar::blocked_scores_portable(job, scores, scores_stride);
 }
 
 fn avx2_attn_values_f16(p: &[f32], v: &[f16], stride: usize, first: usize, lanes: &mut [f32]) {

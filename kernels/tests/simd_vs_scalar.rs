@@ -17,7 +17,7 @@
 mod common;
 
 use common::{kernels_or_skip, Rng};
-use coordgen_kernels::attention::{key_cache_len, BlockedKeys};
+use coordgen_kernels::attention::{key_cache_len, BlockedKeys, ScoreJob};
 use coordgen_kernels::quant::*;
 use coordgen_kernels::repack::*;
 use coordgen_kernels::scalar::*;
@@ -387,8 +387,15 @@ fn check_attn(tier: Tier, n: usize, hd_chunks: usize, first: usize, seed: u64) {
     let qs: Vec<f32> = rng.vec(m * hd, |r| f16::from_f32(r.unit()).to_f32());
     let mut got = vec![0.0f32; m * (n + 3)];
     let mut want = vec![0.0f32; m * (n + 3)];
-    (ks.attn_scores_f16)(&qs, m, keys, first..first + n, 0.125, &mut got, n + 3);
-    scalar_attn_scores_f16(&qs, m, keys, first..first + n, 0.125, &mut want, n + 3);
+    let job = ScoreJob {
+        q16: &qs,
+        queries: m,
+        keys,
+        slots: first..first + n,
+        scale: 0.125,
+    };
+    (ks.attn_scores_f16)(&job, &mut got, n + 3);
+    scalar_attn_scores_f16(&job, &mut want, n + 3);
     for (g, w) in got.iter().zip(&want) {
         assert_bits("attn_scores_f16", *g, *w);
     }
