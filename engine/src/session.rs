@@ -105,14 +105,15 @@ pub struct Session {
     prefill_progress: Option<Box<dyn FnMut(usize, usize) + Send>>,
     /// Whether passes record [`Session::confidence`].
     calibrate: bool,
-    /// `confidence[p]`: the probability the model gave `history[p + 1]`
-    /// after `history[..=p]` (NaN where it was not computed).
-    confidence: Vec<f32>,
-    /// Scratch of [`coordgen_kernels::ops::softmax_probability`] and the
-    /// last logits row of a calibrating prefill chunk.
-    probability_scratch: Vec<f32>,
+    /// The model's confidence in each history token, and its alternatives
+    /// at each prompt position.
+    record: CalibrationRecord,
+    /// The last logits row of a calibrating prefill chunk.
     chunk_last_row: Vec<f32>,
 }
+
+/// Calibrated branches offered beside each literal candidate per step.
+const CALIBRATED_BRANCHES: usize = 4;
 
 /// Prompt tokens per forward pass of a calibrating prefill: every row's
 /// logits are kept for the pass only (12.6 MB for a 49k vocabulary). Measured
@@ -120,25 +121,86 @@ pub struct Session {
 /// 0.68 with 64, 0.67 with 128 (and 27 MB more peak memory than 64).
 const CALIBRATION_CHUNK: usize = 64;
 
-/// Records at `confidence[position]` the probability of `token` under
-/// `logits` (growing the record with unknowns as needed).
-fn record_confidence(
-    confidence: &mut Vec<f32>,
-    scratch: &mut Vec<f32>,
-    position: usize,
-    logits: &[f32],
-    token: u32,
-) {
-    let p = coordgen_kernels::ops::softmax_probability(
-        coordgen_kernels::KernelSet::best(),
-        logits,
-        token as usize,
-        scratch,
-    );
-    if confidence.len() <= position {
-        confidence.resize(position + 1, f32::NAN);
+/// What calibrating passes learn about the history (see
+/// [`Session::set_calibration`]).
+#[derive(Default)]
+struct CalibrationRecord {
+    /// `confidence[p]`: the probability the model gave `history[p + 1]`
+    /// after `history[..=p]` (NaN where it was not computed).
+    confidence: Vec<f32>,
+    /// Alternatives kept per position (0: none).
+    top_k: usize,
+    /// `alternatives[p * top_k..][..top_k]`: the model's likeliest tokens
+    /// after `history[..=p]`, likeliest first; `(u32::MAX, 0)` pads
+    /// positions with fewer (or none: those not from a prefill).
+    alternatives: Vec<(u32, f32)>,
+    /// Scratch of the softmax and of the top-K selection.
+    scratch: Vec<f32>,
+    top: Vec<(u32, f32)>,
+}
+
+/// The padding of [`CalibrationRecord::alternatives`].
+const NO_ALTERNATIVE: (u32, f32) = (u32::MAX, 0.0);
+
+impl CalibrationRecord {
+    fn with_capacity(positions: usize) -> Self {
+        CalibrationRecord {
+            confidence: Vec::with_capacity(positions),
+            ..Default::default()
+        }
     }
-    confidence[position] = p;
+
+    /// Records at `position` the probability of `token` under `logits`
+    /// (growing the record with unknowns as needed) and, when
+    /// `alternatives`, the top K of `logits`.
+    fn record(&mut self, position: usize, logits: &[f32], token: u32, alternatives: bool) {
+        let ks = coordgen_kernels::KernelSet::best();
+        let k = if alternatives { self.top_k } else { 0 };
+        let p = coordgen_kernels::ops::softmax_probability_top_k(
+            ks,
+            logits,
+            token as usize,
+            k,
+            &mut self.scratch,
+            &mut self.top,
+        );
+        if self.confidence.len() <= position {
+            self.confidence.resize(position + 1, f32::NAN);
+        }
+        self.confidence[position] = p;
+        if self.top_k > 0 {
+            let end = (position + 1) * self.top_k;
+            if self.alternatives.len() < end {
+                self.alternatives.resize(end, NO_ALTERNATIVE);
+            }
+            let slot = &mut self.alternatives[position * self.top_k..end];
+            slot.fill(NO_ALTERNATIVE);
+            for (dst, &src) in slot.iter_mut().zip(&self.top) {
+                *dst = src;
+            }
+        }
+    }
+
+    /// Keeps the first `positions` entries.
+    fn truncate(&mut self, positions: usize) {
+        self.confidence.truncate(positions);
+        self.alternatives.truncate(positions * self.top_k);
+    }
+
+    fn clear(&mut self) {
+        self.confidence.clear();
+        self.alternatives.clear();
+    }
+
+    fn alternatives(&self, position: usize) -> &[(u32, f32)] {
+        let k = self.top_k;
+        let slot = self
+            .alternatives
+            .get(position * k..(position + 1) * k)
+            .unwrap_or(&[]);
+        let n = slot.iter().take_while(|a| a.0 != u32::MAX).count();
+        &slot[..n]
+    }
 }
 
 impl Session {
@@ -161,8 +223,7 @@ impl Session {
             prefill_progress: None,
             calibrate: false,
             // Like the history: no allocation while decoding.
-            confidence: Vec::with_capacity(context),
-            probability_scratch: Vec::new(),
+            record: CalibrationRecord::with_capacity(context),
             chunk_last_row: Vec::new(),
         }
     }
@@ -177,11 +238,28 @@ impl Session {
         self.calibrate = on;
     }
 
+    /// With calibration on, also keep the model's `k` likeliest next tokens
+    /// at each prompt position ([`Session::alternatives`]; 0: none). A
+    /// change forgets what was recorded, so the next prefill computes it.
+    pub fn set_calibration_alternatives(&mut self, k: usize) {
+        if k != self.record.top_k {
+            self.record.clear();
+            self.record.top_k = k;
+        }
+    }
+
     /// `confidence()[p]`: the probability the model gave `history[p + 1]`
     /// after `history[..=p]`, where known (NaN elsewhere; the record may be
     /// shorter than the history).
     pub fn confidence(&self) -> &[f32] {
-        &self.confidence
+        &self.record.confidence
+    }
+
+    /// The model's likeliest tokens after `history[..=position]` with their
+    /// probabilities, likeliest first, as a calibrating prefill recorded
+    /// them ([`Session::set_calibration_alternatives`]; empty where not).
+    pub fn alternatives(&self, position: usize) -> &[(u32, f32)] {
+        self.record.alternatives(position)
     }
 
     /// Calls `f(done, total)` after each prefill chunk (for progress bars).
@@ -207,7 +285,7 @@ impl Session {
     pub fn reset(&mut self) {
         self.history.clear();
         self.last_logits.clear();
-        self.confidence.clear();
+        self.record.clear();
     }
 
     /// Rolls the history back to its first `len` tokens (no-op when it holds
@@ -218,7 +296,7 @@ impl Session {
     pub fn truncate(&mut self, len: usize) {
         if len < self.history.len() {
             self.history.truncate(len);
-            self.confidence.truncate(len.saturating_sub(1));
+            self.record.truncate(len.saturating_sub(1));
             self.last_logits.clear();
         }
     }
@@ -253,7 +331,12 @@ impl Session {
         if self.calibrate {
             // Reuse only a prefix whose confidences are known (but the last
             // one's, which the next token's pass computes).
-            let known = self.confidence.iter().take_while(|c| !c.is_nan()).count();
+            let known = self
+                .record
+                .confidence
+                .iter()
+                .take_while(|c| !c.is_nan())
+                .count();
             if known + 1 < common {
                 common = known;
             }
@@ -267,7 +350,7 @@ impl Session {
         // At least one token must run to produce logits.
         common = common.min(tokens.len() - 1);
         self.history.truncate(common);
-        self.confidence.truncate(common.saturating_sub(1));
+        self.record.truncate(common.saturating_sub(1));
         self.last_logits.clear();
         if self.calibrate {
             self.append_calibrated(&tokens[common..])?;
@@ -341,22 +424,10 @@ impl Session {
             // The row before the chunk predicts its first token; row i its
             // token i + 1.
             if base > 0 && last_row.len() == vocab {
-                record_confidence(
-                    &mut self.confidence,
-                    &mut self.probability_scratch,
-                    base - 1,
-                    &last_row,
-                    piece[0],
-                );
+                self.record.record(base - 1, &last_row, piece[0], true);
             }
             for (i, (row, &next)) in logits.chunks_exact(vocab).zip(&piece[1..]).enumerate() {
-                record_confidence(
-                    &mut self.confidence,
-                    &mut self.probability_scratch,
-                    base + i,
-                    row,
-                    next,
-                );
+                self.record.record(base + i, row, next, true);
             }
             last_row.clear();
             last_row.extend_from_slice(
@@ -375,7 +446,7 @@ impl Session {
         if let Err(e) = result {
             // Slots after `past` may hold partial writes; they are unused.
             self.history.truncate(past);
-            self.confidence.truncate(past.saturating_sub(1));
+            self.record.truncate(past.saturating_sub(1));
             self.scratch_logits = logits;
             self.chunk_last_row = last_row;
             return Err(e);
@@ -563,15 +634,11 @@ impl Session {
             // The root came from the last logits; row 0 (the root) predicts
             // the first emitted token, node i's row the one after it.
             let known = |c: Option<&f32>| c.is_some_and(|c| !c.is_nan());
-            if past > 0 && self.last_logits.len() == vocab && !known(self.confidence.get(past - 1))
+            if past > 0
+                && self.last_logits.len() == vocab
+                && !known(self.record.confidence.get(past - 1))
             {
-                record_confidence(
-                    &mut self.confidence,
-                    &mut self.probability_scratch,
-                    past - 1,
-                    &self.last_logits,
-                    root,
-                );
+                self.record.record(past - 1, &self.last_logits, root, false);
             }
             let emitted_rows = std::iter::once(0).chain(acceptance.path.iter().map(|&n| n + 1));
             let emitted = acceptance
@@ -581,13 +648,7 @@ impl Session {
                 .chain(std::iter::once(acceptance.bonus));
             for (i, (row, token)) in emitted_rows.zip(emitted).enumerate() {
                 if let Some(row_logits) = logits.get(row * vocab..(row + 1) * vocab) {
-                    record_confidence(
-                        &mut self.confidence,
-                        &mut self.probability_scratch,
-                        past + i,
-                        row_logits,
-                        token,
-                    );
+                    self.record.record(past + i, row_logits, token, false);
                 }
             }
         }
@@ -728,9 +789,12 @@ impl Session {
         spec: &SpecConfig,
         on_text: impl FnMut(&str) -> bool,
     ) -> Result<(Generation, SpecStats)> {
-        // Adaptive drafting reads the model's confidence in the context.
         let calibrating = self.calibrate;
-        self.calibrate = spec.drafting == Drafting::Adaptive && spec.max_draft > 0;
+        let calibration = spec.calibration.filter(|_| spec.max_draft > 0);
+        self.calibrate = calibration.is_some();
+        if let Some(config) = calibration {
+            self.set_calibration_alternatives(config.top_k);
+        }
         let result = self.speculate(prompt, params, drafter, spec, Box::new(on_text));
         self.calibrate = calibrating;
         result
@@ -764,11 +828,31 @@ impl Session {
                 stats.measure = measuring.elapsed();
                 Some(crate::spec::AdaptiveDrafting::new(costs))
             }
+            // Draft extension at a fixed width: the extra branches are
+            // ranked by the same learned estimates, and the best fill the
+            // width (equal costs: every node pays).
+            Drafting::Fixed if max_draft > 0 && (spec.calibration.is_some() || spec.reuse) => {
+                Some(crate::spec::AdaptiveDrafting::new(vec![1.0; max_draft + 2]))
+            }
             _ => None,
         };
-        // Draft reuse goes with adaptive drafting in greedy mode (it reads
-        // the model's argmax at every row).
-        let mut reuse = (policy.is_some() && greedy).then(crate::spec::DraftReuse::new);
+        // Draft reuse goes with a policy in greedy mode (it reads the
+        // model's argmax at every row).
+        let mut reuse =
+            (spec.reuse && policy.is_some() && greedy).then(crate::spec::DraftReuse::new);
+        let mut calibrated = match spec.calibration {
+            Some(config) if self.calibrate && max_draft > 0 => {
+                let building = Instant::now();
+                let tree = crate::spec::CalibratedTree::build(
+                    &self.history,
+                    |i| self.record.alternatives(i),
+                    config,
+                );
+                stats.calibration = building.elapsed();
+                Some(tree)
+            }
+            _ => None,
+        };
         let mut tree = crate::spec::DraftTree::new();
         let mut candidates = crate::spec::Candidates::default();
         let mut sampling = crate::spec::TreeSampling::new();
@@ -799,12 +883,42 @@ impl Session {
             candidates.clear();
             if budget > 0 {
                 drafter.propose(budget, &mut candidates);
+                let literal = candidates.len();
                 if let Some(reuse) = &mut reuse {
-                    reuse.offer(budget, &mut candidates);
+                    reuse.offer(root, budget, &mut candidates);
+                }
+                if let Some(calibrated) = &mut calibrated {
+                    // What the model says after the root wherever the
+                    // context holds it; and beside each copy of the context,
+                    // what it said after the position the copy starts from.
+                    calibrated.offer_after_token(
+                        root,
+                        budget,
+                        CALIBRATED_BRANCHES,
+                        &mut candidates,
+                    );
+                    for i in 0..literal {
+                        let (Some(source), Some((_, match_len))) =
+                            (candidates.source(i), candidates.get(i))
+                        else {
+                            continue;
+                        };
+                        if let Some(position) = source.checked_sub(1) {
+                            calibrated.offer(
+                                position,
+                                match_len,
+                                budget,
+                                CALIBRATED_BRANCHES,
+                                &mut candidates,
+                            );
+                        }
+                    }
                 }
             }
             match &mut policy {
-                Some(policy) => policy.choose(&candidates, &self.confidence, budget, &mut tree),
+                Some(policy) => {
+                    policy.choose(&candidates, &self.record.confidence, budget, &mut tree)
+                }
                 None => tree.add_candidates(&candidates, budget),
             }
             stats.draft += drafting.elapsed();
@@ -823,7 +937,7 @@ impl Session {
                 emitted.clear();
                 emitted.extend_from_slice(&step.accepted);
                 emitted.push(step.next);
-                policy.learn(&candidates, &self.confidence, &emitted);
+                policy.learn(&candidates, &self.record.confidence, &emitted);
             }
             drafter.observe(&step.accepted);
             stats.draft += drafting.elapsed();
@@ -861,24 +975,39 @@ pub enum Drafting {
     /// request's acceptance so far ([`crate::spec::AdaptiveDrafting`]).
     #[default]
     Adaptive,
-    /// Every candidate, up to the draft budget (the drafters' own rules).
+    /// Fill the draft budget: with calibration or reuse on, the likeliest
+    /// nodes of all candidates (draft extension); otherwise every
+    /// candidate in the drafter's order (its own rule).
     Fixed,
 }
 
 /// Speculative decoding settings.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct SpecConfig {
     /// Most draft tokens per verify pass (verify width - 1); capped by the
     /// widest verify bucket.
     pub max_draft: usize,
     pub drafting: Drafting,
+    /// In-context distribution calibration
+    /// ([`crate::spec::CalibratedTree`]): a calibrating prefill keeps the
+    /// model's confidence in each prompt token and its alternatives there;
+    /// adaptive drafting weighs copies by that confidence, and calibrated
+    /// branches are drafted beside literal ones. `None`: drafts are ranked
+    /// by what the request has accepted so far only.
+    pub calibration: Option<crate::spec::CalibrationConfig>,
+    /// Draft reuse ([`crate::spec::DraftReuse`]; greedy decoding with
+    /// adaptive drafting only: it reads the model's argmax at every row).
+    pub reuse: bool,
 }
 
 impl Default for SpecConfig {
+    /// The full method: width 16, adaptive, calibration and reuse.
     fn default() -> Self {
         SpecConfig {
             max_draft: 15,
             drafting: Drafting::Adaptive,
+            calibration: Some(crate::spec::CalibrationConfig::default()),
+            reuse: true,
         }
     }
 }
@@ -897,6 +1026,8 @@ pub struct SpecStats {
     pub draft: Duration,
     /// Time spent in verify passes (including acceptance and K/V moves).
     pub verify: Duration,
+    /// Time spent building the calibrated token tree (after prefill).
+    pub calibration: Duration,
     /// Time spent measuring verify costs (the first adaptive request only).
     pub measure: Duration,
     /// Verify passes by width (rows).

@@ -207,6 +207,51 @@ pub fn softmax_probability(
     scratch[index] / sum
 }
 
+/// [`softmax_probability`] that also puts the `k` likeliest entries in
+/// `top` as `(index, probability)`, likeliest first (lower index on ties):
+/// the model's alternatives at a position, for draft calibration. One more
+/// pass over the exponentials, which are in `scratch` afterwards.
+pub fn softmax_probability_top_k(
+    ks: &crate::KernelSet,
+    logits: &[f32],
+    index: usize,
+    k: usize,
+    scratch: &mut Vec<f32>,
+    top: &mut Vec<(u32, f32)>,
+) -> f32 {
+    top.clear();
+    let probability = softmax_probability(ks, logits, index, scratch);
+    if k == 0 || scratch.len() != logits.len() {
+        return probability;
+    }
+    // Insertion into a short sorted list; most entries fail the first test.
+    let mut floor = f32::NEG_INFINITY;
+    for (i, &e) in scratch.iter().enumerate() {
+        if e <= floor && top.len() == k {
+            continue;
+        }
+        let at = top.partition_point(|&(_, v)| v >= e);
+        if at < k {
+            if top.len() == k {
+                top.pop();
+            }
+            top.insert(at, (i as u32, e));
+            if top.len() == k {
+                floor = top[k - 1].1;
+            }
+        }
+    }
+    let sum = if probability > 0.0 && index < scratch.len() {
+        scratch[index] / probability
+    } else {
+        scratch.iter().sum::<f32>()
+    };
+    for entry in top.iter_mut() {
+        entry.1 /= sum;
+    }
+    probability
+}
+
 /// Index of the largest value; the first one on ties, NaNs never win.
 /// Returns 0 for an empty slice.
 pub fn argmax(x: &[f32]) -> usize {

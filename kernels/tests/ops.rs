@@ -246,6 +246,42 @@ fn softmax_probability_matches_an_f64_softmax() {
 }
 
 #[test]
+fn softmax_top_k_lists_the_likeliest_entries_in_order() {
+    let mut rng = Rng::new(78);
+    let mut logits: Vec<f32> = rng.vec(3000, |r| r.unit() * 10.0);
+    logits[17] = logits[2999]; // a tie: the lower index first
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let sum: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+    let (mut scratch, mut top) = (Vec::new(), Vec::new());
+    for ks in all_kernel_sets() {
+        for (k, index) in [(0, 3), (1, 5), (4, 2999), (8, 17), (3, 5000)] {
+            let p = coordgen_kernels::ops::softmax_probability_top_k(
+                &ks,
+                &logits,
+                index,
+                k,
+                &mut scratch,
+                &mut top,
+            );
+            let plain =
+                coordgen_kernels::ops::softmax_probability(&ks, &logits, index, &mut scratch);
+            assert!(p.to_bits() == plain.to_bits() || (p.is_nan() && plain.is_nan()));
+            assert_eq!(top.len(), k, "{}", ks.tier);
+            for (rank, &(i, q)) in top.iter().enumerate() {
+                assert_eq!(i as usize, order[rank], "{}: rank {rank}", ks.tier);
+                let want = (logits[i as usize] as f64 - max).exp() / sum;
+                assert!(
+                    (q as f64 - want).abs() <= 1e-5 * want + 1e-9,
+                    "{q} vs {want}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn rms_norm_rows_equals_rms_norm_row_by_row() {
     let mut rng = Rng::new(91);
     for rows in 0..10 {

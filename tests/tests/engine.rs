@@ -380,7 +380,7 @@ fn speculative_steps_reproduce_plain_greedy_output() {
 /// strings, and samples when the sampler is not greedy.
 #[test]
 fn speculative_generation_equals_plain_generation() {
-    use coordgen::spec::{PromptLookup, SamDrafter};
+    use coordgen::spec::{CalibrationConfig, PromptLookup, SamDrafter};
     use coordgen::{Drafting, SpecConfig};
     let Some(engine) = engine() else { return };
     let prompt = prompt_tokens(
@@ -395,11 +395,18 @@ fn speculative_generation_equals_plain_generation() {
         .session()
         .generate(&prompt, &params, |_| true)
         .unwrap();
+    // The drafters alone, and with calibration and reuse (the full method).
+    let features = [(None, false), (Some(CalibrationConfig::default()), true)];
     for drafting in [Drafting::Fixed, Drafting::Adaptive] {
-        for max_draft in [1usize, 7, 15] {
+        for (max_draft, (calibration, reuse)) in [1usize, 7, 15]
+            .into_iter()
+            .flat_map(|m| features.map(|f| (m, f)))
+        {
             let spec_config = SpecConfig {
                 max_draft,
                 drafting,
+                calibration,
+                reuse,
             };
             let mut pld = PromptLookup::default();
             let mut streamed = String::new();
@@ -470,6 +477,8 @@ fn speculative_generation_equals_plain_generation() {
                 &SpecConfig {
                     max_draft: 7,
                     drafting: Drafting::Fixed,
+                    calibration: None,
+                    reuse: false,
                 },
                 |_| true,
             )

@@ -11,7 +11,7 @@ use crate::bench::{
     chat_prompt, model_name, peak_rss_bytes, show_rss, svg_chart, Bar, BenchArgs, Panel, Stats,
 };
 use crate::common::load_engine;
-use crate::run::{spec_config, SpecMethod};
+use crate::run::{spec_config, DraftingArg, SpecMethod};
 use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
 use coordgen::spec::Drafter;
@@ -131,14 +131,16 @@ fn methods_in_order(requested: &[SpecMethod]) -> Vec<SpecMethod> {
 struct Decoder {
     method: SpecMethod,
     drafter: Option<Box<dyn Drafter>>,
+    spec: SpecConfig,
 }
 
 impl Decoder {
-    fn new(method: SpecMethod) -> Decoder {
-        Decoder {
+    fn new(method: SpecMethod, verify_width: usize, drafting: DraftingArg) -> Result<Decoder> {
+        Ok(Decoder {
             method,
             drafter: method.drafter(),
-        }
+            spec: spec_config(method, verify_width, drafting)?,
+        })
     }
 
     /// Decodes `prompt` as `coordgen run --spec` does. The session first
@@ -151,13 +153,12 @@ impl Decoder {
         session: &mut Session,
         prompt: &[u32],
         params: &GenerateParams,
-        spec: &SpecConfig,
     ) -> Result<(Generation, Option<SpecStats>)> {
         Ok(match self.drafter.as_deref_mut() {
             None => (session.generate(prompt, params, |_| true)?, None),
             Some(drafter) => {
                 let (generation, stats) =
-                    session.generate_speculative(prompt, params, drafter, spec, |_| true)?;
+                    session.generate_speculative(prompt, params, drafter, &self.spec, |_| true)?;
                 (generation, Some(stats))
             }
         })
@@ -223,6 +224,7 @@ impl Totals {
                 sum.accepted += s.accepted;
                 sum.draft += s.draft;
                 sum.verify += s.verify;
+                sum.calibration += s.calibration;
             }
         }
         t
@@ -281,7 +283,6 @@ pub fn workload_mode(args: &BenchArgs, path: &Path) -> Result<WorkloadOutcome> {
     if prompts.is_empty() {
         bail!("the workload {} holds no prompts", path.display());
     }
-    let spec = spec_config(args.verify_width, args.drafting)?;
     let methods = methods_in_order(&args.spec);
     let engine = load_engine(&args.model, args.json)?;
     let widest = engine.max_verify_width();
@@ -304,7 +305,10 @@ pub fn workload_mode(args: &BenchArgs, path: &Path) -> Result<WorkloadOutcome> {
                 .with_context(|| format!("prompt {} ({})", p.id_text(), p.category))
         })
         .collect::<Result<Vec<_>>>()?;
-    let mut decoders: Vec<Decoder> = methods.iter().map(|&m| Decoder::new(m)).collect();
+    let mut decoders: Vec<Decoder> = methods
+        .iter()
+        .map(|&m| Decoder::new(m, args.verify_width, args.drafting))
+        .collect::<Result<_>>()?;
     let mut session = engine.session();
 
     eprintln!(
@@ -325,7 +329,7 @@ pub fn workload_mode(args: &BenchArgs, path: &Path) -> Result<WorkloadOutcome> {
     };
     for decoder in &mut decoders {
         decoder
-            .decode(&mut session, &prompt_tokens[0], &warm_up, &spec)
+            .decode(&mut session, &prompt_tokens[0], &warm_up)
             .with_context(|| format!("warm-up with {}", method_name(decoder.method)))?;
     }
 
@@ -335,7 +339,6 @@ pub fn workload_mode(args: &BenchArgs, path: &Path) -> Result<WorkloadOutcome> {
         &prompts,
         &prompt_tokens,
         &params,
-        &spec,
     )?;
 
     let report = Report {
@@ -412,7 +415,6 @@ fn decode_all(
     prompts: &[WorkloadPrompt],
     prompt_tokens: &[Vec<u32>],
     params: &GenerateParams,
-    spec: &SpecConfig,
 ) -> Result<Vec<Record>> {
     let bar = progress_bar(prompts.len() * decoders.len());
     let mut records = Vec::with_capacity(prompts.len() * decoders.len());
@@ -422,7 +424,7 @@ fn decode_all(
             let name = method_name(decoder.method);
             bar.set_message(format!("{} {} {name}", prompt.category, prompt.id_text()));
             let (generation, spec) = decoder
-                .decode(session, tokens, params, spec)
+                .decode(session, tokens, params)
                 .with_context(|| format!("prompt {} with {name}", prompt.id_text()))?;
             let first_mismatch = if decoder.method == SpecMethod::None {
                 baseline = generation.tokens.clone();

@@ -59,38 +59,80 @@ pub enum DraftingArg {
     Fixed,
 }
 
-/// The engine's speculative settings for `--verify-width` and `--drafting`.
-pub fn spec_config(verify_width: usize, drafting: DraftingArg) -> Result<coordgen::SpecConfig> {
+/// The engine's speculative settings for `--spec`, `--verify-width` and
+/// `--drafting`.
+pub fn spec_config(
+    method: SpecMethod,
+    verify_width: usize,
+    drafting: DraftingArg,
+) -> Result<coordgen::SpecConfig> {
     if verify_width < 1 {
         bail!("--verify-width must be at least 1");
     }
+    let (calibration, reuse) = method.features();
     Ok(coordgen::SpecConfig {
         max_draft: verify_width - 1,
         drafting: match drafting {
             DraftingArg::Adaptive => coordgen::Drafting::Adaptive,
             DraftingArg::Fixed => coordgen::Drafting::Fixed,
         },
+        calibration: calibration.then(coordgen::spec::CalibrationConfig::default),
+        reuse,
     })
 }
 
-/// A drafter for `--spec`.
+/// A decoding method for `--spec`: a drafter, with or without the paper's
+/// two drafting techniques.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum SpecMethod {
     /// Plain decoding
     None,
-    /// Prompt lookup: copy what followed the last n-gram's earliest match
+    /// Prompt lookup alone: copy what followed the last n-gram's earliest match
     Pld,
-    /// Suffix automaton: continuations of the longest repeated suffix
+    /// Prompt lookup with calibration (the model's own continuations beside the copies)
+    #[value(name = "pld+calib")]
+    PldCalib,
+    /// Prompt lookup with draft reuse (rejected drafts the model confirmed)
+    #[value(name = "pld+reuse")]
+    PldReuse,
+    /// Prompt lookup with calibration and draft reuse
+    #[value(name = "pld+calib+reuse")]
+    PldCalibReuse,
+    /// Suffix automaton alone: continuations of the longest repeated suffix
     Sam,
+    /// Suffix automaton with calibration
+    #[value(name = "sam+calib")]
+    SamCalib,
+    /// Suffix automaton with draft reuse
+    #[value(name = "sam+reuse")]
+    SamReuse,
+    /// The full method: suffix automaton, calibration and draft reuse
+    Coordgen,
 }
 
 impl SpecMethod {
     /// A fresh drafter for this method (none for plain decoding).
     pub fn drafter(self) -> Option<Box<dyn coordgen::spec::Drafter>> {
+        use SpecMethod::*;
         match self {
-            SpecMethod::None => None,
-            SpecMethod::Pld => Some(Box::new(coordgen::spec::PromptLookup::default())),
-            SpecMethod::Sam => Some(Box::new(coordgen::spec::SamDrafter::default())),
+            None => Option::None,
+            Pld | PldCalib | PldReuse | PldCalibReuse => {
+                Some(Box::new(coordgen::spec::PromptLookup::default()))
+            }
+            Sam | SamCalib | SamReuse | Coordgen => {
+                Some(Box::new(coordgen::spec::SamDrafter::default()))
+            }
+        }
+    }
+
+    /// `(calibration, reuse)`.
+    pub fn features(self) -> (bool, bool) {
+        use SpecMethod::*;
+        match self {
+            None | Pld | Sam => (false, false),
+            PldCalib | SamCalib => (true, false),
+            PldReuse | SamReuse => (false, true),
+            PldCalibReuse | Coordgen => (true, true),
         }
     }
 }
@@ -113,7 +155,7 @@ pub struct ChatArgs {
     /// Speculative decoding of each answer (as `run --spec`; the answers are
     /// the same, sooner): drafts from the documents, the conversation and
     /// the answer so far
-    #[arg(long, value_enum, default_value_t = SpecMethod::Sam)]
+    #[arg(long, value_enum, default_value_t = SpecMethod::Coordgen)]
     pub spec: SpecMethod,
 }
 
@@ -186,7 +228,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         true
     };
     let mut drafter = args.spec.drafter();
-    let spec = spec_config(args.verify_width, args.drafting)?;
+    let spec = spec_config(args.spec, args.verify_width, args.drafting)?;
     let (generation, spec_stats) = match drafter.as_deref_mut() {
         None => (session.generate(&tokens, &gen_params, on_text)?, None),
         Some(d) => {
@@ -282,7 +324,7 @@ pub fn chat(args: ChatArgs) -> Result<()> {
     }
     let mut session = engine.session();
     let mut drafter = args.spec.drafter();
-    let spec = spec_config(DEFAULT_VERIFY_WIDTH, DraftingArg::Adaptive)?;
+    let spec = spec_config(args.spec, DEFAULT_VERIFY_WIDTH, DraftingArg::Adaptive)?;
     let mut pending_context = args.context.clone();
     let interactive = std::io::stdin().is_terminal();
     eprintln!(

@@ -9,6 +9,7 @@
 //! ([`DraftTree::accept_greedy`]) and sampling-mode acceptance that keeps
 //! the sampler's distribution exactly ([`TreeSampling`], [`accept_sampled`]).
 
+mod calib;
 mod pld;
 mod policy;
 mod reuse;
@@ -16,6 +17,7 @@ mod sam;
 mod sampling;
 mod tree;
 
+pub use calib::{CalibratedTree, CalibrationConfig};
 pub use pld::PromptLookup;
 pub use policy::AdaptiveDrafting;
 pub use reuse::DraftReuse;
@@ -23,16 +25,42 @@ pub use sam::{SamDrafter, SuffixAutomaton};
 pub use sampling::{accept_sampled, TreeSampling};
 pub use tree::{Acceptance, DraftTree, NodeId};
 
+/// Where a candidate comes from: the rates of [`AdaptiveDrafting`] are kept
+/// apart per kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CandidateKind {
+    /// A copy of the context or the output after a match (a drafter's).
+    Literal,
+    /// A branch of the calibrated token tree ([`CalibratedTree`]).
+    Calibrated,
+    /// A reused segment of a rejected draft ([`DraftReuse`]).
+    Reused,
+}
+
+/// One candidate's place in the [`Candidates`] buffers.
+#[derive(Clone, Copy, Debug)]
+struct Span {
+    start: usize,
+    end: usize,
+    match_len: usize,
+    /// Where a copy's tokens start in the observed sequence; [`NO_SOURCE`]
+    /// for a candidate that is not a copy.
+    source: usize,
+    kind: CandidateKind,
+}
+
 /// Candidate continuations from a drafter, best first, each with the
-/// length of the context match it comes from and, for a copy of the
-/// sequence, where the copied tokens start in it. One buffer, reused every
-/// step.
+/// length of the context match it comes from, its kind and, for a copy of
+/// the sequence, where the copied tokens start in it. One buffer, reused
+/// every step.
 #[derive(Clone, Debug, Default)]
 pub struct Candidates {
     tokens: Vec<u32>,
-    /// `(start, end, match_len, source)` into `tokens`; `source` is
-    /// [`NO_SOURCE`] for a candidate that is not a copy.
-    spans: Vec<(usize, usize, usize, usize)>,
+    /// The model's probability of each token where the candidate comes
+    /// from, when the candidate carries it (NaN otherwise: a copy's is
+    /// looked up by its source in [`crate::Session::confidence`]).
+    confidences: Vec<f32>,
+    spans: Vec<Span>,
 }
 
 /// The source of a candidate that does not copy the observed sequence.
@@ -41,32 +69,79 @@ const NO_SOURCE: usize = usize::MAX;
 impl Candidates {
     pub fn clear(&mut self) {
         self.tokens.clear();
+        self.confidences.clear();
         self.spans.clear();
     }
 
-    /// Adds a candidate unless it is empty or already present.
+    /// Adds a reused segment unless it is empty or already present.
     pub fn push(&mut self, tokens: &[u32], match_len: usize) {
-        self.push_copy(tokens, match_len, NO_SOURCE);
+        self.add(tokens, None, match_len, NO_SOURCE, CandidateKind::Reused);
     }
 
     /// Adds a candidate that copies the observed sequence from index
     /// `source` on (`tokens[i]` is the sequence's token `source + i`),
     /// unless it is empty or already present.
     pub fn push_copy(&mut self, tokens: &[u32], match_len: usize, source: usize) {
+        self.add(tokens, None, match_len, source, CandidateKind::Literal);
+    }
+
+    /// Adds a candidate that carries the model's probability of each of
+    /// its tokens (`confidences`, as long as `tokens`), unless it is empty
+    /// or already present.
+    pub fn push_scored(
+        &mut self,
+        tokens: &[u32],
+        confidences: &[f32],
+        match_len: usize,
+        kind: CandidateKind,
+    ) {
+        self.add(tokens, Some(confidences), match_len, NO_SOURCE, kind);
+    }
+
+    fn add(
+        &mut self,
+        tokens: &[u32],
+        confidences: Option<&[f32]>,
+        match_len: usize,
+        source: usize,
+        kind: CandidateKind,
+    ) {
         if tokens.is_empty() || self.iter().any(|(t, _)| t == tokens) {
             return;
         }
         let start = self.tokens.len();
         self.tokens.extend_from_slice(tokens);
-        self.spans
-            .push((start, self.tokens.len(), match_len, source));
+        let known = confidences.unwrap_or(&[]);
+        self.confidences
+            .extend((0..tokens.len()).map(|i| known.get(i).copied().unwrap_or(f32::NAN)));
+        self.spans.push(Span {
+            start,
+            end: self.tokens.len(),
+            match_len,
+            source,
+            kind,
+        });
     }
 
     /// Where candidate `i`'s tokens start in the observed sequence, if it
     /// is a copy.
     pub fn source(&self, i: usize) -> Option<usize> {
-        let &(.., source) = self.spans.get(i)?;
-        (source != NO_SOURCE).then_some(source)
+        let span = self.spans.get(i)?;
+        (span.source != NO_SOURCE).then_some(span.source)
+    }
+
+    pub fn kind(&self, i: usize) -> Option<CandidateKind> {
+        Some(self.spans.get(i)?.kind)
+    }
+
+    /// The probability candidate `i` carries for its token `j`, if any.
+    pub fn confidence(&self, i: usize, j: usize) -> Option<f32> {
+        let span = self.spans.get(i)?;
+        let c = *self
+            .confidences
+            .get(span.start + j)
+            .filter(|_| span.start + j < span.end)?;
+        (!c.is_nan()).then_some(c)
     }
 
     pub fn len(&self) -> usize {
@@ -79,8 +154,8 @@ impl Candidates {
 
     /// Candidate `i`: its tokens and match length.
     pub fn get(&self, i: usize) -> Option<(&[u32], usize)> {
-        let &(start, end, match_len, _) = self.spans.get(i)?;
-        Some((self.tokens.get(start..end)?, match_len))
+        let span = self.spans.get(i)?;
+        Some((self.tokens.get(span.start..span.end)?, span.match_len))
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&[u32], usize)> {

@@ -28,14 +28,15 @@
 //! `cost(w)` is the measured time of a verify pass of `w` rows
 //! ([`crate::Session::measure_verify_costs`]).
 
-use super::{Candidates, DraftTree};
+use super::{CandidateKind, Candidates, DraftTree};
 
 /// Match-length buckets: 1, 2, ..., `MATCH_BUCKETS - 1` and longer.
 const MATCH_BUCKETS: usize = 4;
-/// Candidates per step considered, by distinct first token.
-const RANKS: usize = 4;
-/// Rank classes with their own first-token rate: the best candidate, the others.
-const RANK_CLASSES: usize = 2;
+/// Candidates per step considered, in the drafters' order.
+const MAX_CANDIDATES: usize = 24;
+/// Candidate classes with their own rates: the best literal copy, the other
+/// literal copies, calibrated branches, reused segments.
+const CLASSES: usize = 4;
 /// Depth buckets of the continuation rates: 1, 2-3, 4-7, 8 and deeper.
 const DEPTH_BUCKETS: usize = 4;
 /// Upper bounds of the confidence buckets; one more bucket above the last,
@@ -48,10 +49,18 @@ const UNKNOWN: usize = CONFIDENCE_BUCKETS - 1;
 /// Weight of the prior, in observations.
 const PRIOR_WEIGHT: f64 = 2.0;
 /// Prior chance that the best candidate's first token is right when its
-/// confidence is not known (later ranks get this divided by their rank).
+/// confidence is not known.
 const PRIOR_FIRST: f64 = 0.3;
 /// Prior chance that a token is right after a right prefix, confidence unknown.
 const PRIOR_NEXT: f64 = 0.7;
+/// Per class: the share of a token's confidence its prior first-token rate
+/// takes, and the prior when the confidence is unknown.
+const CLASS_PRIORS: [(f64, f64); CLASSES] = [
+    (0.8, PRIOR_FIRST),
+    (0.3, PRIOR_FIRST / 2.0),
+    (0.5, PRIOR_FIRST / 2.0),
+    (0.3, PRIOR_FIRST / 2.0),
+];
 
 /// The confidence bucket of `confidence` (NaN: [`UNKNOWN`]).
 fn confidence_bucket(confidence: f32) -> usize {
@@ -112,55 +121,62 @@ impl Rate {
     }
 }
 
-/// A draft node under consideration: candidate `rank`'s first `depth` tokens.
+/// A node of the step's candidate trie.
 #[derive(Clone, Copy, Debug)]
-struct Scored {
-    probability: f64,
-    rank: usize,
+struct TrieNode {
+    token: u32,
+    parent: Option<usize>,
     depth: usize,
+    /// The likeliest estimate, over the candidates through this node, that
+    /// its whole path is the model's continuation.
+    probability: f64,
 }
+
+/// A candidate considered this step: `(index in the buffer, class, match
+/// bucket)`.
+type Kept = (usize, usize, usize);
 
 /// Per-request drafting policy (see the module docs).
 #[derive(Clone, Debug)]
 pub struct AdaptiveDrafting {
-    /// `first[rank class][match bucket][confidence bucket]`: the
-    /// candidate's first token is the model's next.
-    first: Vec<[[Rate; CONFIDENCE_BUCKETS]; MATCH_BUCKETS]>,
-    /// `next[depth bucket][confidence bucket]`: a token is right given the
-    /// ones before.
-    next: [[Rate; CONFIDENCE_BUCKETS]; DEPTH_BUCKETS],
+    /// `first[class][match bucket][confidence bucket]`: the candidate's
+    /// first token is the model's next.
+    first: [[[Rate; CONFIDENCE_BUCKETS]; MATCH_BUCKETS]; CLASSES],
+    /// `next[class][depth bucket][confidence bucket]`: a token is right
+    /// given the ones before.
+    next: [[[Rate; CONFIDENCE_BUCKETS]; DEPTH_BUCKETS]; CLASSES],
     /// Verify pass time by width (index 0 unused; 1..).
     cost: Vec<f64>,
-    /// This step's candidates with distinct first tokens: `(index in the
-    /// candidate buffer, match bucket)`.
-    kept: Vec<(usize, usize)>,
-    scored: Vec<Scored>,
+    kept: Vec<Kept>,
+    trie: Vec<TrieNode>,
+    order: Vec<usize>,
+    path: Vec<u32>,
 }
 
 impl AdaptiveDrafting {
     /// `cost[w]`: the time of a verify pass of `w` rows (`cost[0]` unused).
     /// Widths past the end of `cost` are never used.
     pub fn new(cost: Vec<f64>) -> Self {
-        let first = (0..RANK_CLASSES)
-            .map(|class| {
-                let unknown = PRIOR_FIRST / (class + 1) as f64;
-                let scale = if class == 0 { 0.8 } else { 0.3 };
-                [std::array::from_fn(|b| {
-                    Rate::new(if b == UNKNOWN {
-                        unknown
-                    } else {
-                        scale * bucket_prior(b, unknown)
-                    })
-                }); MATCH_BUCKETS]
-            })
-            .collect();
-        let next = [std::array::from_fn(|b| Rate::new(bucket_prior(b, PRIOR_NEXT))); DEPTH_BUCKETS];
+        let first = std::array::from_fn(|class| {
+            let (scale, unknown) = CLASS_PRIORS[class];
+            [std::array::from_fn(|b| {
+                Rate::new(if b == UNKNOWN {
+                    unknown
+                } else {
+                    scale * bucket_prior(b, unknown)
+                })
+            }); MATCH_BUCKETS]
+        });
+        let next = [[std::array::from_fn(|b| Rate::new(bucket_prior(b, PRIOR_NEXT)));
+            DEPTH_BUCKETS]; CLASSES];
         AdaptiveDrafting {
             first,
             next,
             cost,
-            kept: Vec::with_capacity(RANKS),
-            scored: Vec::new(),
+            kept: Vec::with_capacity(MAX_CANDIDATES),
+            trie: Vec::new(),
+            order: Vec::new(),
+            path: Vec::new(),
         }
     }
 
@@ -174,9 +190,13 @@ impl AdaptiveDrafting {
         match_len.clamp(1, MATCH_BUCKETS) - 1
     }
 
-    /// The confidence bucket of token `i` of candidate `index` (the model's
-    /// confidence where the copied token stands in the sequence).
+    /// The confidence bucket of token `i` of candidate `index`: the
+    /// probability it carries, else the model's confidence where the copied
+    /// token stands in the sequence.
     fn token_bucket(candidates: &Candidates, index: usize, i: usize, confidence: &[f32]) -> usize {
+        if let Some(c) = candidates.confidence(index, i) {
+            return confidence_bucket(c);
+        }
         candidates
             .source(index)
             .and_then(|source| (source + i).checked_sub(1))
@@ -184,24 +204,23 @@ impl AdaptiveDrafting {
             .map_or(UNKNOWN, |&c| confidence_bucket(c))
     }
 
-    /// Keeps the candidates with distinct first tokens, best first.
-    fn keep_distinct(&mut self, candidates: &Candidates) {
+    /// The candidates this step considers, with their classes.
+    fn keep(&mut self, candidates: &Candidates) {
         self.kept.clear();
-        for (i, (tokens, match_len)) in candidates.iter().enumerate() {
-            let Some(&first) = tokens.first() else {
+        let mut literals = 0;
+        for i in 0..candidates.len().min(MAX_CANDIDATES) {
+            let (Some((_, match_len)), Some(kind)) = (candidates.get(i), candidates.kind(i)) else {
                 continue;
             };
-            let seen = self.kept.iter().any(|&(j, _)| {
-                candidates
-                    .get(j)
-                    .is_some_and(|(t, _)| t.first() == Some(&first))
-            });
-            if !seen {
-                self.kept.push((i, Self::bucket(match_len)));
-                if self.kept.len() == RANKS {
-                    break;
+            let class = match kind {
+                CandidateKind::Literal => {
+                    literals += 1;
+                    usize::from(literals > 1)
                 }
-            }
+                CandidateKind::Calibrated => 2,
+                CandidateKind::Reused => 3,
+            };
+            self.kept.push((i, class, Self::bucket(match_len)));
         }
     }
 
@@ -216,57 +235,80 @@ impl AdaptiveDrafting {
         budget: usize,
         tree: &mut DraftTree,
     ) {
-        self.keep_distinct(candidates);
-        self.scored.clear();
-        for (rank, &(index, bucket)) in self.kept.iter().enumerate() {
+        self.keep(candidates);
+        // Merge the candidates into a trie; a node shared by several keeps
+        // its likeliest estimate (siblings hold distinct tokens, so the
+        // nodes' probabilities add up to the expected accepted tokens).
+        self.trie.clear();
+        for &(index, class, bucket) in &self.kept {
             let Some((tokens, _)) = candidates.get(index) else {
                 continue;
             };
-            let class = rank.min(RANK_CLASSES - 1);
             let mut probability = 1.0;
-            for depth in 1..=tokens.len().min(budget) {
-                let conf = Self::token_bucket(candidates, index, depth - 1, confidence);
-                probability *= if depth == 1 {
+            let mut parent = None;
+            for (i, &token) in tokens.iter().enumerate().take(budget) {
+                let conf = Self::token_bucket(candidates, index, i, confidence);
+                probability *= if i == 0 {
                     self.first[class][bucket][conf].estimate()
                 } else {
-                    self.next[depth_bucket(depth - 1)][conf].estimate()
+                    self.next[class][depth_bucket(i)][conf].estimate()
                 };
-                self.scored.push(Scored {
-                    probability,
-                    rank,
-                    depth,
-                });
+                let existing = self
+                    .trie
+                    .iter()
+                    .position(|n| n.parent == parent && n.token == token);
+                let node = match existing {
+                    Some(n) => {
+                        let p = &mut self.trie[n].probability;
+                        *p = p.max(probability);
+                        n
+                    }
+                    None => {
+                        self.trie.push(TrieNode {
+                            token,
+                            parent,
+                            depth: i + 1,
+                            probability,
+                        });
+                        self.trie.len() - 1
+                    }
+                };
+                parent = Some(node);
             }
         }
-        // A node is never likelier than its parent, so any prefix of this
-        // order is a valid tree.
-        self.scored
-            .sort_by(|a, b| b.probability.total_cmp(&a.probability));
+        // Likeliest first, parents before children on ties: a node is
+        // never likelier than its parent, so any prefix is a tree.
+        self.order.clear();
+        self.order.extend(0..self.trie.len());
+        let trie = &self.trie;
+        self.order.sort_by(|&a, &b| {
+            trie[b]
+                .probability
+                .total_cmp(&trie[a].probability)
+                .then(trie[a].depth.cmp(&trie[b].depth))
+        });
         let widest = budget.min(self.cost.len().saturating_sub(2));
         let Some(&single) = self.cost.get(1) else {
             return;
         };
         let (mut best_rate, mut best_nodes) = (1.0 / single, 0);
         let mut expected = 0.0;
-        for (n, node) in self.scored.iter().take(widest).enumerate() {
-            expected += node.probability;
+        for (n, &node) in self.order.iter().take(widest).enumerate() {
+            expected += self.trie[node].probability;
             let rate = (1.0 + expected) / self.cost[n + 2];
             if rate > best_rate {
                 (best_rate, best_nodes) = (rate, n + 1);
             }
         }
-        // Each chosen node's path: the deepest chosen node per rank.
-        let mut deepest = [0usize; RANKS];
-        for node in &self.scored[..best_nodes] {
-            deepest[node.rank] = deepest[node.rank].max(node.depth);
-        }
-        for (rank, &(index, _)) in self.kept.iter().enumerate() {
-            if let Some((tokens, _)) = candidates.get(index) {
-                let depth = deepest[rank].min(tokens.len());
-                if depth > 0 {
-                    tree.add_path(&tokens[..depth], budget);
-                }
+        for &node in &self.order[..best_nodes] {
+            self.path.clear();
+            let mut at = Some(node);
+            while let Some(n) = at {
+                self.path.push(self.trie[n].token);
+                at = self.trie[n].parent;
             }
+            self.path.reverse();
+            tree.add_path(&self.path, budget);
         }
     }
 
@@ -275,14 +317,13 @@ impl AdaptiveDrafting {
     /// against every candidate kept by the last [`AdaptiveDrafting::choose`]
     /// (with the same `confidence` record).
     pub fn learn(&mut self, candidates: &Candidates, confidence: &[f32], emitted: &[u32]) {
-        for (rank, &(index, bucket)) in self.kept.iter().enumerate() {
+        for &(index, class, bucket) in &self.kept {
             let Some((tokens, _)) = candidates.get(index) else {
                 continue;
             };
             let (Some(&first), Some(&truth)) = (tokens.first(), emitted.first()) else {
                 continue;
             };
-            let class = rank.min(RANK_CLASSES - 1);
             let conf = Self::token_bucket(candidates, index, 0, confidence);
             self.first[class][bucket][conf].record(first == truth);
             if first != truth {
@@ -290,7 +331,7 @@ impl AdaptiveDrafting {
             }
             for (depth, (&drafted, &actual)) in tokens.iter().zip(emitted).enumerate().skip(1) {
                 let conf = Self::token_bucket(candidates, index, depth, confidence);
-                self.next[depth_bucket(depth)][conf].record(drafted == actual);
+                self.next[class][depth_bucket(depth)][conf].record(drafted == actual);
                 if drafted != actual {
                     break;
                 }
@@ -383,11 +424,13 @@ mod tests {
     fn the_tree_holds_prefixes_of_the_candidates() {
         let mut candidates = Candidates::default();
         candidates.push(&[1, 2, 3], 1);
-        candidates.push(&[1, 9, 9], 1); // same first token: dropped
+        candidates.push(&[1, 9, 9], 1); // same first token: shares it
         candidates.push(&[4, 5], 1);
         let mut tree = DraftTree::new();
         AdaptiveDrafting::new(vec![1.0; 9]).choose(&candidates, &[], 8, &mut tree);
-        assert_eq!(tree.len(), 5);
-        assert!(tree.child(None, 1).is_some() && tree.child(None, 4).is_some());
+        assert_eq!(tree.len(), 7);
+        let one = tree.child(None, 1).expect("shared first token");
+        assert!(tree.child(Some(one), 2).is_some() && tree.child(Some(one), 9).is_some());
+        assert!(tree.child(None, 4).is_some());
     }
 }

@@ -19,6 +19,8 @@ const MIN_RUN: usize = 2;
 
 #[derive(Clone, Debug)]
 struct Segment {
+    /// The draft token before the run: the model confirmed the run after it.
+    anchor: u32,
     tokens: Vec<u32>,
     age: usize,
 }
@@ -62,12 +64,14 @@ impl DraftReuse {
             self.predictions.push(prediction);
             parent = Some(node);
         }
-        if let Some(segment) = longest_confirmed_run(&self.path, &self.predictions) {
+        if let Some(run) = longest_confirmed_run(&self.path, &self.predictions) {
+            let segment = &self.path[run.clone()];
             if segment.len() >= MIN_RUN && !self.segments.iter().any(|s| s.tokens == segment) {
                 if self.segments.len() == MAX_SEGMENTS {
                     self.segments.remove(0);
                 }
                 self.segments.push(Segment {
+                    anchor: self.path[run.start - 1],
                     tokens: segment.to_vec(),
                     age: 0,
                 });
@@ -76,11 +80,24 @@ impl DraftReuse {
     }
 
     /// Adds the live segments to `out` as candidates (after the drafters'
-    /// own) and ages them.
-    pub fn offer(&mut self, max_len: usize, out: &mut Candidates) {
+    /// own) and ages them. A segment continues what the model confirmed it
+    /// after: from the root when the root is its anchor or one of its own
+    /// tokens (the rest of the segment then), else from the root as the
+    /// paper offers it (the model may have caught up with it).
+    pub fn offer(&mut self, root: u32, max_len: usize, out: &mut Candidates) {
         for segment in &mut self.segments {
-            let n = segment.tokens.len().min(max_len);
-            out.push(&segment.tokens[..n], segment.tokens.len());
+            let from = if segment.anchor == root {
+                0
+            } else {
+                segment
+                    .tokens
+                    .iter()
+                    .position(|&t| t == root)
+                    .map_or(0, |i| i + 1)
+            };
+            let rest = &segment.tokens[from..];
+            let n = rest.len().min(max_len);
+            out.push(&rest[..n], segment.tokens.len());
             segment.age += 1;
         }
         self.segments.retain(|s| s.age < MAX_AGE);
@@ -90,7 +107,7 @@ impl DraftReuse {
 /// The paper's rule: after the first position where the draft differs from
 /// the model's prediction, the longest run of positions where they agree
 /// (the first such run on ties). `None` when the whole draft was right.
-fn longest_confirmed_run<'a>(drafted: &'a [u32], predicted: &[u32]) -> Option<&'a [u32]> {
+fn longest_confirmed_run(drafted: &[u32], predicted: &[u32]) -> Option<std::ops::Range<usize>> {
     let first_miss = drafted.iter().zip(predicted).position(|(d, p)| d != p)?;
     let (mut best, mut start) = (None::<(usize, usize)>, None);
     for i in first_miss + 1..=drafted.len() {
@@ -106,7 +123,7 @@ fn longest_confirmed_run<'a>(drafted: &'a [u32], predicted: &[u32]) -> Option<&'
             _ => {}
         }
     }
-    best.map(|(a, b)| &drafted[a..b])
+    best.map(|(a, b)| a..b)
 }
 
 #[cfg(test)]
@@ -118,16 +135,10 @@ mod tests {
         // Miss at 1; runs [4] and [6, 7, 8]: the longer wins.
         let drafted = [1, 2, 3, 4, 5, 6, 7, 8];
         let predicted = [1, 9, 9, 4, 9, 6, 7, 8];
-        assert_eq!(
-            longest_confirmed_run(&drafted, &predicted),
-            Some(&[6, 7, 8][..])
-        );
+        assert_eq!(longest_confirmed_run(&drafted, &predicted), Some(5..8));
         // Runs [3, 4] and [7, 8]: the first on a tie.
         let predicted = [1, 9, 3, 4, 9, 9, 7, 8];
-        assert_eq!(
-            longest_confirmed_run(&drafted, &predicted),
-            Some(&[3, 4][..])
-        );
+        assert_eq!(longest_confirmed_run(&drafted, &predicted), Some(2..4));
         // All right: nothing to reuse.
         assert_eq!(longest_confirmed_run(&drafted, &drafted), None);
         // Nothing right after the miss.
@@ -147,11 +158,31 @@ mod tests {
         let mut candidates = Candidates::default();
         for _ in 0..MAX_AGE {
             candidates.clear();
-            reuse.offer(8, &mut candidates);
+            reuse.offer(20, 8, &mut candidates);
             assert_eq!(candidates.get(0).map(|(t, _)| t), Some(&[12u32, 13][..]));
         }
         candidates.clear();
-        reuse.offer(8, &mut candidates);
+        reuse.offer(20, 8, &mut candidates);
         assert!(candidates.is_empty(), "dropped after {MAX_AGE} steps");
+    }
+
+    #[test]
+    fn a_segment_continues_after_its_anchor_or_its_own_tokens() {
+        let mut tree = DraftTree::new();
+        let best = [10, 11, 12, 13, 14];
+        tree.add_path(&best, 8);
+        // Miss at 11; the model confirms 12, 13, 14 after the draft's 11.
+        let predicted = [10, 20, 12, 13, 14, 15];
+        let mut reuse = DraftReuse::new();
+        reuse.observe(&tree, &best, &predicted);
+        let offered = |reuse: &mut DraftReuse, root| {
+            let mut candidates = Candidates::default();
+            reuse.offer(root, 8, &mut candidates);
+            candidates.get(0).map(|(t, _)| t.to_vec())
+        };
+        // The root is the anchor (11): the whole segment.
+        assert_eq!(offered(&mut reuse, 11), Some(vec![12, 13, 14]));
+        // The root is inside the segment (13): its rest.
+        assert_eq!(offered(&mut reuse, 13), Some(vec![14]));
     }
 }
