@@ -224,20 +224,28 @@ pub fn softmax_probability_top_k(
     if k == 0 || scratch.len() != logits.len() {
         return probability;
     }
-    // Insertion into a short sorted list; most entries fail the first test.
+    // Insertion into a short sorted list. Once it is full, whole chunks
+    // whose largest entry does not beat its last are skipped (a max that
+    // vectorizes), so the scan costs little more than reading the row.
     let mut floor = f32::NEG_INFINITY;
-    for (i, &e) in scratch.iter().enumerate() {
-        if e <= floor && top.len() == k {
+    const CHUNK: usize = 32;
+    for (c, chunk) in scratch.chunks(CHUNK).enumerate() {
+        if top.len() == k && chunk.iter().fold(f32::NEG_INFINITY, |m, &e| m.max(e)) <= floor {
             continue;
         }
-        let at = top.partition_point(|&(_, v)| v >= e);
-        if at < k {
-            if top.len() == k {
-                top.pop();
+        for (j, &e) in chunk.iter().enumerate() {
+            if e <= floor && top.len() == k {
+                continue;
             }
-            top.insert(at, (i as u32, e));
-            if top.len() == k {
-                floor = top[k - 1].1;
+            let at = top.partition_point(|&(_, v)| v >= e);
+            if at < k {
+                if top.len() == k {
+                    top.pop();
+                }
+                top.insert(at, ((c * CHUNK + j) as u32, e));
+                if top.len() == k {
+                    floor = top[k - 1].1;
+                }
             }
         }
     }

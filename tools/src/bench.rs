@@ -108,7 +108,7 @@ pub struct BenchArgs {
     /// Spec-Bench style JSONL prompts: compare speculative decoding with plain decoding on them
     #[arg(long, value_name = "FILE.jsonl", help_heading = "Workload mode", conflicts_with_all = NOT_WORKLOAD)]
     pub workload: Option<PathBuf>,
-    /// Decoding methods to compare: none (plain; always run first, as the baseline), pld (prompt lookup), sam (suffix automaton)
+    /// Decoding methods to compare: none (plain; always run first, as the baseline); pld (prompt lookup) or sam (suffix automaton) alone, or with +calib (calibrated branches from the prefill's distributions) and/or +reuse (confirmed runs of rejected drafts); coordgen = sam+calib+reuse
     #[arg(
         long,
         value_enum,
@@ -175,6 +175,11 @@ pub struct BenchArgs {
         help_heading = "Synthetic mode (llama-bench style)"
     )]
     pub verify_path: VerifyPath,
+    /// Also time the calibrating prefill (every row's next-token top K,
+    /// then the calibrated token tree) against plain prefill of the same
+    /// prompt, alternating, and report the ratio
+    #[arg(long, help_heading = "Context mode")]
+    pub calibration: bool,
     /// Seed of the pseudo-random token ids
     #[arg(
         long,
@@ -820,6 +825,90 @@ fn verify_widths(
 
 // ---------------------------------------------------------------- context
 
+/// Calibration's cost on one prompt (`--calibration`): plain prefill
+/// against calibrating prefill plus the calibrated tree, in ms.
+struct CalibrationCost {
+    plain: Stats,
+    calibrated: Stats,
+    tree: Stats,
+    tree_nodes: usize,
+}
+
+impl CalibrationCost {
+    fn ratio(&self) -> f64 {
+        self.calibrated.median / self.plain.median
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "prefill_ms": self.plain.json(),
+            "calibrated_prefill_ms": self.calibrated.json(),
+            "tree_ms": self.tree.json(),
+            "tree_nodes": self.tree_nodes,
+            "ratio": self.ratio(),
+        })
+    }
+
+    fn print(&self, prompt_tokens: usize) {
+        println!(
+            "calibration: prefill {} ms, calibrating prefill + tree {} ms ({:.2}x); the tree alone {} ms ({:.2} us per context token, {} nodes)",
+            self.plain.show(1),
+            self.calibrated.show(1),
+            self.ratio(),
+            self.tree.show(2),
+            self.tree.median * 1e3 / prompt_tokens.max(1) as f64,
+            self.tree_nodes
+        );
+    }
+}
+
+/// Times plain and calibrating prefill of `tokens` in turns (one warm-up
+/// round, then `repeat`), the latter with the calibrated tree built after it
+/// as a speculative request does.
+fn calibration_cost(
+    session: &mut coordgen::Session,
+    tokens: &[u32],
+    repeat: usize,
+) -> Result<CalibrationCost> {
+    let config = coordgen::spec::CalibrationConfig::default();
+    let (mut plain, mut calibrated, mut tree_ms) = (Vec::new(), Vec::new(), Vec::new());
+    let mut tree_nodes = 0;
+    eprintln!("bench: plain and calibrating prefill in turns, 1 warm-up + {repeat} rounds");
+    for round in 0..=repeat {
+        session.reset();
+        session.set_calibration(false);
+        let started = Instant::now();
+        session.set_tokens(tokens)?;
+        let plain_ms = started.elapsed().as_secs_f64() * 1e3;
+        session.reset();
+        session.set_calibration(true);
+        session.set_calibration_alternatives(config.top_k);
+        let started = Instant::now();
+        session.set_tokens(tokens)?;
+        let building = Instant::now();
+        let tree = coordgen::spec::CalibratedTree::build(
+            session.history(),
+            |i| session.alternatives(i),
+            config,
+        );
+        let done = started.elapsed().as_secs_f64() * 1e3;
+        let build_ms = building.elapsed().as_secs_f64() * 1e3;
+        tree_nodes = tree.len();
+        if round > 0 {
+            plain.push(plain_ms);
+            calibrated.push(done);
+            tree_ms.push(build_ms);
+        }
+    }
+    session.set_calibration(false);
+    Ok(CalibrationCost {
+        plain: Stats::of(&plain),
+        calibrated: Stats::of(&calibrated),
+        tree: Stats::of(&tree_ms),
+        tree_nodes,
+    })
+}
+
 /// One user message rendered with the chat template and tokenized, as
 /// `coordgen run` does, checked to leave room for `max_tokens` more.
 pub(crate) fn chat_prompt(
@@ -887,6 +976,11 @@ fn context_mode(context: Vec<PathBuf>, args: &BenchArgs, repeat: usize) -> Resul
             decode_tps: t.decode_tokens_per_second(),
         });
     }
+    let calibration = if args.calibration {
+        Some(calibration_cost(&mut session, &tokens, repeat)?)
+    } else {
+        None
+    };
     let rss = peak_rss_bytes();
     let threads = engine.threads();
     let isa = engine.kernel_tier().name();
@@ -913,6 +1007,7 @@ fn context_mode(context: Vec<PathBuf>, args: &BenchArgs, repeat: usize) -> Resul
         "decode_tps": decode.json(),
         "median_prefill_tps": prefill.median,
         "median_decode_tps": decode.median,
+        "calibration": calibration.as_ref().map(CalibrationCost::json),
         "peak_rss_bytes": rss,
     });
     if !args.json {
@@ -945,6 +1040,9 @@ fn context_mode(context: Vec<PathBuf>, args: &BenchArgs, repeat: usize) -> Resul
             decode.show(1),
             show_rss(rss)
         );
+        if let Some(c) = &calibration {
+            c.print(tokens.len());
+        }
     }
     let decoded = runs.first().map_or(0, |r| r.decode_tokens);
     let panel = Panel {

@@ -6,7 +6,9 @@
 //! candidate in the next steps, until it is too old. A one-word
 //! substitution ("the big red house" against the model's "the small red
 //! house") leaves "red house" for the step after "small", where the
-//! context has no match to draft from.
+//! context has no match to draft from. A segment is offered where it
+//! continues: after the draft token it was confirmed after (its anchor),
+//! or after one of its own tokens.
 
 use super::{Candidates, DraftTree};
 
@@ -81,19 +83,20 @@ impl DraftReuse {
 
     /// Adds the live segments to `out` as candidates (after the drafters'
     /// own) and ages them. A segment continues what the model confirmed it
-    /// after: from the root when the root is its anchor or one of its own
-    /// tokens (the rest of the segment then), else from the root as the
-    /// paper offers it (the model may have caught up with it).
+    /// after: it is offered when the root is its anchor (all of it) or one
+    /// of its own tokens (the rest). The paper offers every segment from
+    /// the root; on Spec-Bench (10 prompts per category, fixed width 16)
+    /// that drafted worse than none at all on RAG (1.93 accepted tokens per
+    /// step against 2.02 without reuse), anchored segments 2.02.
     pub fn offer(&mut self, root: u32, max_len: usize, out: &mut Candidates) {
         for segment in &mut self.segments {
             let from = if segment.anchor == root {
                 0
             } else {
-                segment
-                    .tokens
-                    .iter()
-                    .position(|&t| t == root)
-                    .map_or(0, |i| i + 1)
+                match segment.tokens.iter().position(|&t| t == root) {
+                    Some(i) => i + 1,
+                    None => segment.tokens.len(),
+                }
             };
             let rest = &segment.tokens[from..];
             let n = rest.len().min(max_len);
@@ -158,11 +161,11 @@ mod tests {
         let mut candidates = Candidates::default();
         for _ in 0..MAX_AGE {
             candidates.clear();
-            reuse.offer(20, 8, &mut candidates);
+            reuse.offer(11, 8, &mut candidates);
             assert_eq!(candidates.get(0).map(|(t, _)| t), Some(&[12u32, 13][..]));
         }
         candidates.clear();
-        reuse.offer(20, 8, &mut candidates);
+        reuse.offer(11, 8, &mut candidates);
         assert!(candidates.is_empty(), "dropped after {MAX_AGE} steps");
     }
 
@@ -184,5 +187,7 @@ mod tests {
         assert_eq!(offered(&mut reuse, 11), Some(vec![12, 13, 14]));
         // The root is inside the segment (13): its rest.
         assert_eq!(offered(&mut reuse, 13), Some(vec![14]));
+        // Elsewhere (the model's 20, not yet caught up): nothing.
+        assert_eq!(offered(&mut reuse, 20), None);
     }
 }
