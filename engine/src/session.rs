@@ -928,7 +928,11 @@ impl Session {
             } else {
                 self.speculative_step_sampled(root, &tree, &mut sampler, &mut sampling)?
             };
-            stats.verify += verifying.elapsed();
+            let pass = verifying.elapsed();
+            stats.verify += pass;
+            if let Some(policy) = &mut policy {
+                policy.observe_pass(tree.len() + 1, pass.as_secs_f64() * 1e3);
+            }
             let drafting = Instant::now();
             if let (Some(reuse), Some((best, _))) = (&mut reuse, candidates.get(0)) {
                 reuse.observe(&tree, best, &self.verify_predicted);

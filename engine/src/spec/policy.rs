@@ -46,6 +46,8 @@ const CONFIDENCE_EDGES: [f64; 6] = [0.2, 0.4, 0.6, 0.8, 0.9, 0.97];
 const CONFIDENCE_BUCKETS: usize = CONFIDENCE_EDGES.len() + 2;
 /// The bucket of a token whose confidence is not known.
 const UNKNOWN: usize = CONFIDENCE_BUCKETS - 1;
+/// Weight of the newest pass in the running averages of pass costs.
+const COST_EMA: f64 = 0.2;
 /// Weight of the prior, in observations.
 const PRIOR_WEIGHT: f64 = 2.0;
 /// Prior chance that the best candidate's first token is right when its
@@ -147,6 +149,12 @@ pub struct AdaptiveDrafting {
     next: [[[Rate; CONFIDENCE_BUCKETS]; DEPTH_BUCKETS]; CLASSES],
     /// Verify pass time by width (index 0 unused; 1..).
     cost: Vec<f64>,
+    /// This request's width-1 pass time (a running average), once seen.
+    single_pass: Option<f64>,
+    /// What this request's extra rows cost, relative to what `cost` says
+    /// (a running average; 1 until passes of both kinds were seen). The
+    /// table was measured at one depth; rows cost more on a deeper cache.
+    row_scale: f64,
     kept: Vec<Kept>,
     trie: Vec<TrieNode>,
     order: Vec<usize>,
@@ -173,6 +181,8 @@ impl AdaptiveDrafting {
             first,
             next,
             cost,
+            single_pass: None,
+            row_scale: 1.0,
             kept: Vec::with_capacity(MAX_CANDIDATES),
             trie: Vec::new(),
             order: Vec::new(),
@@ -184,6 +194,35 @@ impl AdaptiveDrafting {
     pub fn reset(&mut self) {
         let fresh = Self::new(std::mem::take(&mut self.cost));
         *self = fresh;
+    }
+
+    /// Learns the cost of the request's passes: `ms` for a pass of `rows`
+    /// rows.
+    pub fn observe_pass(&mut self, rows: usize, ms: f64) {
+        if !(ms.is_finite() && ms > 0.0) {
+            return;
+        }
+        if rows == 1 {
+            self.single_pass = Some(self.single_pass.map_or(ms, |t| t + COST_EMA * (ms - t)));
+            return;
+        }
+        let (Some(single), Some(&table_single), Some(&table_rows)) =
+            (self.single_pass, self.cost.get(1), self.cost.get(rows))
+        else {
+            return;
+        };
+        let table_extra = (table_rows - table_single) / table_single;
+        if table_extra <= 1e-6 {
+            return;
+        }
+        let sample = ((ms - single) / single / table_extra).clamp(0.25, 4.0);
+        self.row_scale += COST_EMA * (sample - self.row_scale);
+    }
+
+    /// The cost of a pass of `rows` rows, with the request's row scale.
+    fn pass_cost(&self, rows: usize) -> f64 {
+        let single = self.cost[1];
+        single + self.row_scale * (self.cost[rows] - single)
     }
 
     fn bucket(match_len: usize) -> usize {
@@ -295,7 +334,7 @@ impl AdaptiveDrafting {
         let mut expected = 0.0;
         for (n, &node) in self.order.iter().take(widest).enumerate() {
             expected += self.trie[node].probability;
-            let rate = (1.0 + expected) / self.cost[n + 2];
+            let rate = (1.0 + expected) / self.pass_cost(n + 2);
             if rate > best_rate {
                 (best_rate, best_nodes) = (rate, n + 1);
             }
@@ -359,6 +398,68 @@ mod tests {
         tree.clear();
         AdaptiveDrafting::new(linear_costs(10.0, 16)).choose(&candidates, &[], 6, &mut tree);
         assert!(tree.is_empty());
+    }
+
+    #[test]
+    fn the_width_follows_the_cost_model() {
+        // One confident candidate: its first nodes are likely, later ones
+        // less so (the priors multiply along the path).
+        let mut candidates = Candidates::default();
+        candidates.push_copy(&[1, 2, 3, 4, 5, 6, 7, 8], 3, 10);
+        let sure = vec![0.99f32; 30];
+        let chosen = |costs: Vec<f64>| {
+            let mut tree = DraftTree::new();
+            AdaptiveDrafting::new(costs).choose(&candidates, &sure, 8, &mut tree);
+            tree.len()
+        };
+        // Bucketed widths (1, 2, 4, 8 rows): rows up to a bucket's width
+        // are free once it is paid, so the draft fills the bucket.
+        let bucketed = |step: f64| -> Vec<f64> {
+            (0..=9)
+                .map(|w: usize| 1.0 + step * (w.max(1).next_power_of_two().trailing_zeros() as f64))
+                .collect()
+        };
+        assert_eq!(chosen(bucketed(0.05)), 8, "cheap buckets: the whole budget");
+        assert_eq!(
+            chosen(bucketed(0.3)),
+            7,
+            "dearer buckets: fill the 8-row bucket, never open the 16-row one"
+        );
+        // Linear costs: the more each row costs, the shorter the draft.
+        let lengths: Vec<usize> = [0.02, 0.1, 0.3, 0.6, 10.0]
+            .into_iter()
+            .map(|step| chosen(linear_costs(step, 16)))
+            .collect();
+        assert!(lengths.windows(2).all(|w| w[0] >= w[1]), "{lengths:?}");
+        assert_eq!(lengths[4], 0, "rows dearer than any gain: none");
+        assert!(lengths[0] >= 6, "{lengths:?}");
+    }
+
+    #[test]
+    fn dearer_passes_than_the_table_shorten_drafts() {
+        let mut candidates = Candidates::default();
+        candidates.push_copy(&[1, 2, 3, 4, 5, 6, 7, 8], 3, 10);
+        let even = vec![0.5f32; 30];
+        let costs = linear_costs(0.15, 16);
+        let mut policy = AdaptiveDrafting::new(costs.clone());
+        let mut tree = DraftTree::new();
+        policy.choose(&candidates, &even, 8, &mut tree);
+        let before = tree.len();
+        assert!(before > 0);
+        // The request's passes: width 1 as the table says, wider ones with
+        // three times the table's extra cost per row.
+        for _ in 0..20 {
+            policy.observe_pass(1, costs[1]);
+            policy.observe_pass(5, costs[1] + 3.0 * (costs[5] - costs[1]));
+        }
+        assert!(
+            (policy.row_scale - 3.0).abs() < 0.05,
+            "{}",
+            policy.row_scale
+        );
+        tree.clear();
+        policy.choose(&candidates, &even, 8, &mut tree);
+        assert!(tree.len() < before, "{} then {}", before, tree.len());
     }
 
     #[test]
