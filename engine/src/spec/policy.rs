@@ -159,6 +159,9 @@ pub struct AdaptiveDrafting {
     trie: Vec<TrieNode>,
     order: Vec<usize>,
     path: Vec<u32>,
+    /// Scratch of [`AdaptiveDrafting::normalize_siblings`].
+    sums: Vec<f64>,
+    conditional: Vec<f64>,
 }
 
 impl AdaptiveDrafting {
@@ -187,6 +190,8 @@ impl AdaptiveDrafting {
             trie: Vec::new(),
             order: Vec::new(),
             path: Vec::new(),
+            sums: Vec::new(),
+            conditional: Vec::new(),
         }
     }
 
@@ -315,6 +320,7 @@ impl AdaptiveDrafting {
                 parent = Some(node);
             }
         }
+        self.normalize_siblings();
         // Likeliest first, parents before children on ties: a node is
         // never likelier than its parent, so any prefix is a tree.
         self.order.clear();
@@ -348,6 +354,35 @@ impl AdaptiveDrafting {
             }
             self.path.reverse();
             tree.add_path(&self.path, budget);
+        }
+    }
+
+    /// Siblings are exclusive (the model emits one token after a node), but
+    /// their estimates come from different candidates and may add up to
+    /// more than their parent's: scales each family's conditional chances
+    /// down to a sum of at most 1, top-down (a node comes after its parent
+    /// in the trie), so the expected accepted tokens are not overcounted.
+    fn normalize_siblings(&mut self) {
+        // `sums[0]`: the root's children; `sums[n + 1]`: node n's.
+        self.sums.clear();
+        self.sums.resize(self.trie.len() + 1, 0.0);
+        self.conditional.clear();
+        for node in &self.trie {
+            let parent = node.parent.map_or(1.0, |p| self.trie[p].probability);
+            let q = if parent > 0.0 {
+                (node.probability / parent).min(1.0)
+            } else {
+                0.0
+            };
+            self.conditional.push(q);
+            self.sums[node.parent.map_or(0, |p| p + 1)] += q;
+        }
+        for n in 0..self.trie.len() {
+            let family = self.trie[n].parent.map_or(0, |p| p + 1);
+            let parent = self.trie[n]
+                .parent
+                .map_or(1.0, |p| self.trie[p].probability);
+            self.trie[n].probability = parent * self.conditional[n] / self.sums[family].max(1.0);
         }
     }
 
