@@ -505,6 +505,7 @@ fn calibrated_prefill_records_the_probability_of_every_next_token() {
     let all = engine.session().append_all_logits(&tokens).unwrap();
     let mut session = engine.session();
     session.set_calibration(true);
+    session.set_calibration_alternatives(4);
     session.set_tokens(&tokens).unwrap();
     let confidence = session.confidence();
     assert_eq!(confidence.len(), tokens.len() - 1);
@@ -512,11 +513,27 @@ fn calibrated_prefill_records_the_probability_of_every_next_token() {
         let row = &all[p * vocab..(p + 1) * vocab];
         let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let sum: f64 = row.iter().map(|&l| ((l - max) as f64).exp()).sum();
-        let want = ((row[tokens[p + 1] as usize] - max) as f64).exp() / sum;
+        let probability = |t: u32| ((row[t as usize] - max) as f64).exp() / sum;
+        let want = probability(tokens[p + 1]);
         assert!(
             (c as f64 - want).abs() <= 1e-4 * want.max(1e-3),
             "position {p}: {c} vs {want}"
         );
+        // The top 4 there, likeliest first, with their probabilities.
+        let alternatives = session.alternatives(p);
+        assert_eq!(alternatives.len(), 4, "position {p}");
+        let best = first_argmax(row);
+        assert_eq!(alternatives[0].0, best, "position {p}");
+        for pair in alternatives.windows(2) {
+            assert!(pair[0].1 >= pair[1].1);
+        }
+        for &(t, q) in alternatives {
+            let want = probability(t);
+            assert!(
+                (q as f64 - want).abs() <= 1e-4 * want.max(1e-3),
+                "{q} vs {want}"
+            );
+        }
     }
     // Calibrated prefill computes the same last logits as plain prefill.
     assert!(session.logits() == &all[(tokens.len() - 1) * vocab..]);
@@ -532,4 +549,19 @@ fn calibrated_prefill_records_the_probability_of_every_next_token() {
     // Rolling back drops the confidences of the dropped tokens.
     plain.truncate(10);
     assert_eq!(plain.confidence().len(), 9);
+    // Alternatives too.
+    session.truncate(10);
+    assert_eq!(session.alternatives(8).len(), 4);
+    assert!(session.alternatives(9).is_empty());
+}
+
+/// The first index of the largest logit.
+fn first_argmax(row: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in row.iter().enumerate() {
+        if v > row[best] {
+            best = i;
+        }
+    }
+    best as u32
 }
