@@ -197,15 +197,7 @@ impl CalibratedTree {
             .filter(|(_, n)| n.leaf)
             .map(|(i, n)| {
                 let (mut tokens, mut probabilities) = (Vec::new(), Vec::new());
-                let mut at = Some(i as u32);
-                while let Some(index) = at {
-                    let node = &nodes[index as usize];
-                    tokens.push(node.token);
-                    probabilities.push(node.probability);
-                    at = node.parent;
-                }
-                tokens.reverse();
-                probabilities.reverse();
+                path_to(nodes, i, &mut tokens, &mut probabilities);
                 (tokens, probabilities, n.path_probability)
             })
             .collect();
@@ -348,18 +340,29 @@ impl CalibratedTree {
     /// The tokens and probabilities from below the position down to `leaf`
     /// (absolute, in the list starting at `base`) into the scratch.
     fn collect_path(&mut self, base: usize, leaf: usize) {
-        self.path.clear();
-        self.path_probabilities.clear();
-        let mut at = Some((leaf - base) as u32);
-        while let Some(index) = at {
-            let node = self.nodes[base + index as usize];
-            self.path.push(node.token);
-            self.path_probabilities.push(node.probability);
-            at = node.parent;
-        }
-        self.path.reverse();
-        self.path_probabilities.reverse();
+        let nodes = &self.nodes[base..];
+        path_to(
+            nodes,
+            leaf - base,
+            &mut self.path,
+            &mut self.path_probabilities,
+        );
     }
+}
+
+/// The tokens and probabilities from below a position down to node `leaf`
+/// of its `nodes`, into `tokens` and `probabilities` (cleared first).
+fn path_to(nodes: &[Node], leaf: usize, tokens: &mut Vec<u32>, probabilities: &mut Vec<f32>) {
+    tokens.clear();
+    probabilities.clear();
+    let mut at = Some(leaf as u32);
+    while let Some(node) = at.and_then(|i| nodes.get(i as usize)) {
+        tokens.push(node.token);
+        probabilities.push(node.probability);
+        at = node.parent;
+    }
+    tokens.reverse();
+    probabilities.reverse();
 }
 
 /// Occurrences of a token that vote in [`CalibratedTree::offer_after_token`].
