@@ -8,6 +8,7 @@
 use crate::config::WeightCatalog;
 use crate::ir::{DType, Op, Subgraph};
 use crate::lower::Plan;
+use crate::partition::Piece;
 use crate::Error;
 use std::ops::Range;
 use std::sync::Arc;
@@ -228,4 +229,15 @@ pub trait Backend: Send + Sync {
         graph: &Subgraph,
         weights: &dyn WeightSource,
     ) -> Result<Box<dyn Executable>, Error>;
+    /// Compiles one piece of a partitioned subgraph. The default compiles
+    /// the piece's graph like any other; an accelerator overrides it to use
+    /// the piece's `inputs` and `outputs` (what crosses to the other
+    /// backends) instead of working them out again.
+    fn compile_piece(
+        &self,
+        piece: &Piece,
+        weights: &dyn WeightSource,
+    ) -> Result<Box<dyn Executable>, Error> {
+        self.compile(&piece.graph, weights)
+    }
 }

@@ -12,6 +12,7 @@ pub mod config;
 pub mod ir;
 pub mod lower;
 pub mod memory;
+pub mod partition;
 mod summary;
 
 pub use backend::{
@@ -20,6 +21,7 @@ pub use backend::{
 pub use config::{names, ModelConfig, WeightCatalog, WeightDesc};
 pub use ir::*;
 pub use lower::{lower, Boundaries, BoundaryDecl, Bucket, BucketKind, Plan, PlanOptions};
+pub use partition::{compile_partitioned, partition, ChainExecutable, Piece};
 
 /// Errors of the graph compiler and of the backends that run its graphs.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +46,13 @@ pub enum Error {
         backend: &'static str,
         op: &'static str,
         graph: String,
+    },
+    #[error("no backend of {backends:?} can run {op} in {graph}")]
+    NoBackend {
+        op: &'static str,
+        graph: String,
+        /// The backends asked, in order of preference.
+        backends: Vec<&'static str>,
     },
     #[error("run parameters out of range for {graph}: {message}")]
     BadParams { graph: String, message: String },

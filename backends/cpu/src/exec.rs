@@ -25,6 +25,9 @@ enum Place {
     Boundary(usize),
     Kv(usize),
     Arena(usize),
+    /// No op of the graph touches it (a piece of a partitioned subgraph
+    /// keeps the whole tensor table): nothing is bound for it.
+    Unused,
 }
 
 /// A subgraph compiled for the CPU.
@@ -206,20 +209,36 @@ impl CpuExecutable {
         repack: Option<&crate::RepackCache>,
     ) -> Result<Self, Error> {
         memory::validate_arena(graph).map_err(|e| bad(graph, e.to_string()))?;
-        let mut places = Vec::with_capacity(graph.tensors.len());
-        let mut sizes = Vec::with_capacity(graph.tensors.len());
+        let n_tensors = graph.tensors.len();
+        let mut places = Vec::with_capacity(n_tensors);
+        let mut sizes = Vec::with_capacity(n_tensors);
         let mut bound = Vec::new();
-        let mut repacked = vec![false; graph.tensors.len()];
+        let mut repacked = vec![false; n_tensors];
+        // Per tensor: whether an op touches it, so a piece of a partitioned
+        // graph binds (and repacks) only its own weights.
+        let mut used = vec![false; n_tensors];
         // Weights that this graph only uses as matmul matrices can be repacked.
-        let mut matmul_only = vec![None::<bool>; graph.tensors.len()];
+        let mut matmul_only = vec![None::<bool>; n_tensors];
         for op in &graph.nodes {
+            let out = op.output();
+            *used
+                .get_mut(out.0)
+                .ok_or_else(|| bad(graph, format!("{} writes no tensor", op.name())))? = true;
             for input in op.inputs() {
                 let is_matmul_w = matches!(*op, Op::MatMul { w, .. } if w == input);
-                let slot = &mut matmul_only[input.0];
+                let slot = matmul_only
+                    .get_mut(input.0)
+                    .ok_or_else(|| bad(graph, format!("{} reads no tensor", op.name())))?;
                 *slot = Some(slot.unwrap_or(true) && is_matmul_w);
+                used[input.0] = true;
             }
         }
         for (ti, t) in graph.tensors.iter().enumerate() {
+            if !used[ti] {
+                sizes.push(0);
+                places.push(Place::Unused);
+                continue;
+            }
             let size = t.n_bytes().ok_or_else(|| {
                 bad(
                     graph,
@@ -566,7 +585,7 @@ impl<'a> Memory<'a> {
         for (i, place) in exe.places.iter().enumerate() {
             let size = exe.sizes[i];
             let ptr = match *place {
-                Place::Weight(_) => std::ptr::null_mut(),
+                Place::Weight(_) | Place::Unused => std::ptr::null_mut(),
                 Place::Arena(offset) => {
                     // SAFETY: validate_arena proved offset + size <= arena_bytes,
                     // and the session arena is at least that long (checked above).
@@ -613,6 +632,7 @@ impl<'a> Memory<'a> {
     fn bytes(&self, t: TensorId) -> &[u8] {
         match self.places[t.0] {
             Place::Weight(w) => self.weights[w].as_slice(),
+            Place::Unused => &[],
             // SAFETY: see the type's docs: in bounds, exclusively borrowed by
             // the run, and not written while this view lives.
             _ => unsafe { std::slice::from_raw_parts(self.ptrs[t.0], self.sizes[t.0]) },
@@ -622,7 +642,7 @@ impl<'a> Memory<'a> {
     #[allow(clippy::mut_from_ref)] // Disjointness is proved at compile time, see the type's docs.
     fn bytes_mut(&self, t: TensorId) -> &mut [u8] {
         match self.places[t.0] {
-            Place::Weight(_) => &mut [],
+            Place::Weight(_) | Place::Unused => &mut [],
             // SAFETY: see the type's docs: in bounds, and no other view of
             // these bytes is alive while the op writes its output.
             _ => unsafe { std::slice::from_raw_parts_mut(self.ptrs[t.0], self.sizes[t.0]) },
@@ -632,7 +652,7 @@ impl<'a> Memory<'a> {
     /// The first `len` f32 of tensor `t` as a [`SharedOut`], for ops whose
     /// threads write disjoint parts of it.
     fn shared_out(&self, t: TensorId, len: usize) -> Result<SharedOut, Error> {
-        if matches!(self.places[t.0], Place::Weight(_))
+        if matches!(self.places[t.0], Place::Weight(_) | Place::Unused)
             || len.saturating_mul(4) > self.sizes[t.0]
             || !(self.ptrs[t.0] as usize).is_multiple_of(std::mem::align_of::<f32>())
         {
