@@ -13,6 +13,12 @@
 #![warn(unsafe_op_in_unsafe_fn)]
 
 pub mod ffi;
+mod graph;
+mod runtime;
+
+pub use graph::{DataType, Graph, GraphBuilder, IoTensor, Param, Role, Scalar, TensorRef};
+
+pub use runtime::{Context, Device, Log, Runtime, Soc};
 
 use std::ffi::CStr;
 use std::path::{Path, PathBuf};
@@ -39,8 +45,21 @@ pub enum Error {
     },
     #[error("no QNN provider speaks core API {CORE_MAJOR}.{MIN_CORE_MINOR} or a later 2.x; found: {found}")]
     NoProvider { found: String },
-    #[error("QNN call {call} failed with code {code}")]
-    Call { call: &'static str, code: u16 },
+    #[error("QNN call {call} failed with code {code}: {message}")]
+    Call {
+        call: &'static str,
+        code: u16,
+        /// The library's text for the code and the errors it logged.
+        message: String,
+    },
+    #[error("QNN graph {graph}, tensor {tensor}: {message}")]
+    BadTensor {
+        graph: String,
+        tensor: String,
+        message: String,
+    },
+    #[error("the name {name:?} contains a NUL byte")]
+    BadName { name: String },
     #[error("the QNN function table of provider {provider} has no entry {entry}")]
     NoEntry { provider: String, entry: usize },
 }
@@ -55,8 +74,40 @@ fn code(handle: ffi::QnnErrorHandle) -> u16 {
 fn check(call: &'static str, handle: ffi::QnnErrorHandle) -> Result<()> {
     match code(handle) {
         0 => Ok(()),
-        code => Err(Error::Call { call, code }),
+        code => Err(Error::Call {
+            call,
+            code,
+            message: String::new(),
+        }),
     }
+}
+
+/// Runs `f` with file descriptor 1 pointed at stderr, for library code that
+/// prints to stdout. Other threads' stdout goes to stderr meanwhile, so this
+/// only wraps loading and backend creation.
+fn stdout_to_stderr<T>(f: impl FnOnce() -> T) -> T {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    // SAFETY: plain descriptor calls; a failed dup leaves stdout alone.
+    let saved = unsafe {
+        libc::fflush(std::ptr::null_mut());
+        libc::dup(1)
+    };
+    // SAFETY: as above.
+    let redirected = saved >= 0 && unsafe { libc::dup2(2, 1) } >= 0;
+    let result = f();
+    if saved >= 0 {
+        // SAFETY: flush what the library buffered into stderr, then restore
+        // the saved descriptor and close the copy.
+        unsafe {
+            libc::fflush(std::ptr::null_mut());
+            if redirected {
+                libc::dup2(saved, 1);
+            }
+            libc::close(saved);
+        }
+    }
+    result
 }
 
 /// A provider as the library describes it.
@@ -94,9 +145,11 @@ impl Library {
         // SAFETY: loading runs the library's initializers; this is the QNN
         // library the caller chose, which is the whole point of this crate.
         let library =
-            unsafe { libloading::Library::new(&path) }.map_err(|e| Error::LibraryBroken {
-                path: path.clone(),
-                reason: e.to_string(),
+            stdout_to_stderr(|| unsafe { libloading::Library::new(&path) }).map_err(|e| {
+                Error::LibraryBroken {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                }
             })?;
         // SAFETY: the symbol has this C signature (qnn-notes.md, Loading).
         let get_providers: libloading::Symbol<ffi::GetProviders> = unsafe {
@@ -164,7 +217,7 @@ impl Library {
     ///
     /// # Safety
     /// `F` must be the C function pointer type of that entry.
-    unsafe fn entry<F: Copy>(&self, index: usize) -> Result<F> {
+    pub(crate) unsafe fn entry<F: Copy>(&self, index: usize) -> Result<F> {
         // SAFETY: `table` points to a provider record with at least
         // `KNOWN_ENTRIES` entries (the chosen provider speaks 2.32 or later).
         let pointer = unsafe { (*self.table).table[index] };
@@ -177,6 +230,46 @@ impl Library {
         debug_assert_eq!(std::mem::size_of::<F>(), std::mem::size_of::<*const ()>());
         // SAFETY: a non-null function pointer of the type the caller names.
         Ok(unsafe { std::mem::transmute_copy(&pointer) })
+    }
+
+    /// Like [`check`], with the library's message for the code and the
+    /// errors it logged during the call.
+    pub(crate) fn check(&self, call: &'static str, handle: ffi::QnnErrorHandle) -> Result<()> {
+        let Err(Error::Call { code, .. }) = check(call, handle) else {
+            runtime::clear_log();
+            return Ok(());
+        };
+        let mut message = self.error_message(handle).unwrap_or_default();
+        let logged = runtime::take_logged_errors();
+        if !logged.is_empty() {
+            if !message.is_empty() {
+                message.push_str("; ");
+            }
+            message.push_str(&logged);
+        }
+        Err(Error::Call {
+            call,
+            code,
+            message,
+        })
+    }
+
+    /// The library's text for an error (`errorGetMessage`).
+    fn error_message(&self, handle: ffi::QnnErrorHandle) -> Option<String> {
+        // SAFETY: entry ERROR_GET_MESSAGE has this signature.
+        let get: ffi::ErrorGetMessage = unsafe { self.entry(ffi::entry::ERROR_GET_MESSAGE).ok()? };
+        let mut text: *const std::ffi::c_char = std::ptr::null();
+        // SAFETY: a valid out-pointer; the library returns a static string.
+        let status = unsafe { get(handle, &mut text) };
+        if code(status) != 0 || text.is_null() {
+            return None;
+        }
+        // SAFETY: non-null, NUL-terminated, owned by the library.
+        Some(
+            unsafe { CStr::from_ptr(text) }
+                .to_string_lossy()
+                .into_owned(),
+        )
     }
 
     /// The backend's build id, e.g. `v2.51.0.260929181845`.
@@ -244,14 +337,23 @@ unsafe impl Send for Backend {}
 impl Backend {
     /// Creates a backend with the library's defaults (no log, no configs).
     pub fn new(library: &Arc<Library>) -> Result<Backend> {
+        Self::with_log(library, None)
+    }
+
+    /// Creates a backend that logs to `log`.
+    pub fn with_log(library: &Arc<Library>, log: Option<&Log>) -> Result<Backend> {
         // SAFETY: entry BACKEND_CREATE has this signature.
         let create: ffi::BackendCreate = unsafe { library.entry(ffi::entry::BACKEND_CREATE)? };
         let mut handle = std::ptr::null_mut();
-        // SAFETY: null log and configs mean defaults; the out-pointer is
-        // valid for a write.
-        check("backendCreate", unsafe {
-            create(std::ptr::null_mut(), std::ptr::null(), &mut handle)
-        })?;
+        let log = log.map_or(std::ptr::null_mut(), |l| l.handle());
+        // The library announces itself on stdout when its first backend
+        // starts; that line must not corrupt a caller's stdout (`--json`).
+        let status = stdout_to_stderr(|| {
+            // SAFETY: a live or null log, no configs, and an out-pointer
+            // valid for a write.
+            unsafe { create(log, std::ptr::null(), &mut handle) }
+        });
+        library.check("backendCreate", status)?;
         Ok(Backend {
             handle,
             library: library.clone(),
