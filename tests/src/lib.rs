@@ -59,3 +59,28 @@ pub fn engine() -> Option<coordgen::Engine> {
     };
     Some(coordgen::Engine::load(path, options).unwrap_or_else(|e| panic!("loading the model: {e}")))
 }
+
+/// The fetched QNN folder (`tools/fetch-qnn`), or `None` (after printing
+/// why) when a test may skip; `COORDGEN_REQUIRE_QNN=1` (set by `tools/test`)
+/// makes a missing library fail instead.
+pub fn qnn_folder() -> Option<PathBuf> {
+    let folder = std::env::var_os("COORDGEN_QNN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join(".cache/qnn/onnxruntime_qnn"));
+    if folder.join("libQnnHtp.so").is_file() {
+        return Some(folder);
+    }
+    if std::env::var("COORDGEN_REQUIRE_QNN").is_ok_and(|v| v == "1") {
+        panic!(
+            "the QNN library is missing from {} (run tools/fetch-qnn)",
+            folder.display()
+        );
+    }
+    eprintln!(
+        "note: skipping, no QNN library in {} (run tools/fetch-qnn)",
+        folder.display()
+    );
+    None
+}
+
+pub mod synthetic;

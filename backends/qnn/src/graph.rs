@@ -111,6 +111,9 @@ struct Created {
     dims: Box<[u32]>,
     _scales: Option<Box<[ffi::ScaleOffset]>>,
     _bw_scales: Option<Box<[f32]>>,
+    /// Static data: op configs that name the tensor point at it again
+    /// (validation reads parameter tensors through it).
+    _data: Option<Box<[u8]>>,
     data_type: DataType,
     role: Role,
     name: String,
@@ -254,9 +257,10 @@ impl GraphBuilder {
             Role::Native => ffi::tensor_type::NATIVE,
             Role::Static => ffi::tensor_type::STATIC,
         };
-        let client_buffer = match data {
+        let mut data: Option<Box<[u8]>> = data.map(Box::from);
+        let client_buffer = match &mut data {
             Some(d) => ffi::ClientBuffer {
-                data: d.as_ptr().cast_mut().cast(),
+                data: d.as_mut_ptr().cast(),
                 size,
             },
             None => ffi::ClientBuffer {
@@ -283,23 +287,18 @@ impl GraphBuilder {
         // SAFETY: entry TENSOR_CREATE_GRAPH_TENSOR has this signature.
         let create: ffi::TensorCreateGraphTensor =
             unsafe { library.entry(entry::TENSOR_CREATE_GRAPH_TENSOR)? };
-        // SAFETY: every pointer in `tensor` is live for the call; static
-        // data is copied by the library (qnn-notes.md), so `data` may go
-        // after it returns.
+        // SAFETY: every pointer in `tensor` is live for the call (and for
+        // the builder's life: the boxes move into `self.tensors`).
         library.check("tensorCreateGraphTensor", unsafe {
             create(self.handle, &mut tensor)
         })?;
-        // Static data was copied; later uses (op configs) need no buffer.
-        tensor.v1.client_buffer = ffi::ClientBuffer {
-            data: std::ptr::null_mut(),
-            size: 0,
-        };
         self.tensors.push(Created {
             tensor,
             _name: c_name,
             dims: dims_u32,
             _scales: scales,
             _bw_scales: bw_scales,
+            _data: data,
             data_type,
             role,
             name: name.to_string(),

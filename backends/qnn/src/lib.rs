@@ -12,9 +12,14 @@
 
 #![warn(unsafe_op_in_unsafe_fn)]
 
+mod backend;
 pub mod ffi;
 mod graph;
 mod runtime;
+pub mod weights;
+
+pub use backend::{cache_key_parts, CompileTimes, QnnBackend, QnnExecutable};
+pub use weights::{ConversionReport, WeightFormat};
 
 pub use graph::{DataType, Graph, GraphBuilder, IoTensor, Param, Role, Scalar, TensorRef};
 
@@ -58,6 +63,12 @@ pub enum Error {
         tensor: String,
         message: String,
     },
+    #[error("lowering {graph} to QNN: {message}")]
+    Lowering { graph: String, message: String },
+    #[error("QNN context cache {path}: {message}")]
+    Cache { path: PathBuf, message: String },
+    #[error("weight {name}: {message}")]
+    BadWeight { name: String, message: String },
     #[error("the name {name:?} contains a NUL byte")]
     BadName { name: String },
     #[error("the QNN function table of provider {provider} has no entry {entry}")]

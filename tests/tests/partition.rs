@@ -3,96 +3,11 @@
 
 use coordgen_cpu::CpuBackend;
 use coordgen_graph::*;
-use coordgen_kernels::{quant, BlockQ8_0};
-use half::f16;
-use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
-
-/// Weights held in memory, by name.
-#[derive(Clone, Default)]
-struct MemWeights(HashMap<String, (WeightDesc, Arc<Vec<u8>>)>);
-
-impl WeightCatalog for MemWeights {
-    fn describe(&self, name: &str) -> Option<WeightDesc> {
-        self.0.get(name).map(|(d, _)| d.clone())
-    }
-}
-
-impl WeightSource for MemWeights {
-    fn bytes(&self, name: &str) -> Option<WeightBytes> {
-        let (_, bytes) = self.0.get(name)?;
-        let owner: Arc<dyn AsRef<[u8]> + Send + Sync> = bytes.clone();
-        WeightBytes::new(owner, 0..bytes.len())
-    }
-}
-
-/// Deterministic values in [-scale, scale).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self, scale: f32) -> f32 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((self.0 >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-    }
-
-    fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
-        (0..n).map(|_| self.next(scale)).collect()
-    }
-}
-
-impl MemWeights {
-    fn add(&mut self, rng: &mut Rng, name: String, dtype: DType, shape: Vec<usize>) {
-        let n: usize = shape.iter().product();
-        let values = match shape.len() {
-            // Norm weights near 1, like a trained model's.
-            1 => rng.vec(n, 0.2).iter().map(|v| 1.0 + v).collect(),
-            _ => rng.vec(n, 0.15),
-        };
-        let bytes = match dtype {
-            DType::F32 => bytemuck::cast_slice(&values).to_vec(),
-            DType::F16 => {
-                let h: Vec<f16> = values.iter().map(|&v| f16::from_f32(v)).collect();
-                bytemuck::cast_slice(&h).to_vec()
-            }
-            DType::Q8_0 => {
-                let mut q = vec![BlockQ8_0::default(); n / quant::QK];
-                quant::quantize_row_q8_0(&values, &mut q);
-                bytemuck::cast_slice(&q).to_vec()
-            }
-            other => panic!("no test weights of {other}"),
-        };
-        self.0
-            .insert(name, (WeightDesc { dtype, shape }, Arc::new(bytes)));
-    }
-
-    /// Only the weights named.
-    fn subset(&self, names: &HashSet<String>) -> MemWeights {
-        MemWeights(
-            self.0
-                .iter()
-                .filter(|(n, _)| names.contains(*n))
-                .map(|(n, w)| (n.clone(), w.clone()))
-                .collect(),
-        )
-    }
-}
+use coordgen_tests::synthetic::{tiny_config, MemWeights, Rng};
+use std::collections::HashSet;
 
 fn model() -> (Plan, MemWeights) {
-    let c = ModelConfig {
-        n_layers: 2,
-        d_model: 64,
-        d_ff: 128,
-        n_heads: 4,
-        n_kv_heads: 2,
-        head_dim: 16,
-        vocab_size: 96,
-        train_context: 256,
-        rope_theta: 10000.0,
-        rms_eps: 1e-5,
-    };
+    let c = tiny_config();
     let mut rng = Rng(7);
     let mut w = MemWeights::default();
     w.add(
