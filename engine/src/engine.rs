@@ -34,6 +34,49 @@ pub struct EngineOptions {
     /// Touch every weight page at load, so the first request does not pay
     /// for page faults.
     pub prefault: bool,
+    /// An accelerator for the linear parts of the layers (the CPU runs the
+    /// rest, and everything when this is `None`).
+    pub accelerator: Option<QnnOptions>,
+}
+
+/// Where and how the QNN HTP backend runs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QnnOptions {
+    /// The folder holding `libQnnHtp.so` (`tools/fetch-qnn` fills
+    /// `.cache/qnn/onnxruntime_qnn`).
+    pub folder: PathBuf,
+    /// The Snapdragon SoC to compile for (and, on x86-64, to simulate).
+    pub soc: coordgen_qnn::Soc,
+    /// The format of matmul weights on the HTP.
+    pub weights: coordgen_qnn::WeightFormat,
+    /// Where compiled context binaries are cached (`None`: no cache).
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// What the accelerator did at load.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct AcceleratorReport {
+    pub backend: &'static str,
+    pub device: String,
+    pub library_build: String,
+    pub weights: &'static str,
+    /// Graphs lowered to the accelerator (pieces of subgraphs).
+    pub graphs: usize,
+    /// Subgraphs split between the accelerator and the CPU.
+    pub split_subgraphs: usize,
+    pub build_ms: f64,
+    pub finalize_ms: f64,
+    /// Loading the cached context binary (zero without a cache hit).
+    pub load_ms: f64,
+    pub cache_hit: bool,
+    /// The cache entry read or written, if any.
+    pub cache_entry: Option<PathBuf>,
+    /// Bytes of the context binary written (zero on a hit or without cache).
+    pub binary_bytes: u64,
+    /// Serializing and writing the binary.
+    pub save_ms: f64,
+    /// The largest relative RMS error of a converted weight, and its name.
+    pub worst_weight_error: Option<(String, f64)>,
 }
 
 impl Default for EngineOptions {
@@ -47,6 +90,7 @@ impl Default for EngineOptions {
             layers_per_block: plan.layers_per_block,
             kernel_tier: None,
             prefault: true,
+            accelerator: None,
         }
     }
 }
@@ -76,6 +120,9 @@ pub(crate) struct Inner {
     pub(crate) tokenizer: Tokenizer,
     pub(crate) template: ChatTemplate,
     pub(crate) backend: CpuBackend,
+    /// The accelerator next to the CPU, if any.
+    accelerator: Option<coordgen_qnn::QnnBackend>,
+    accelerator_report: Option<AcceleratorReport>,
     /// One forward pass at a time: executables keep scratch between runs.
     executables: Mutex<Vec<BucketExecutables>>,
     /// Verify pass time by width (ms, index = rows), measured once by the
@@ -180,6 +227,13 @@ impl Engine {
             }
         };
         let backend = CpuBackend::with_kernels(kernels, options.threads)?;
+        let (accelerator, cache_entry) = match &options.accelerator {
+            None => (None, None),
+            Some(qnn) => {
+                let (backend, entry) = start_qnn(qnn, &file, &plan)?;
+                (Some(backend), entry)
+            }
+        };
 
         if options.prefault {
             prefault(&file, &mut progress);
@@ -191,8 +245,19 @@ impl Engine {
             .sum::<usize>() as u64;
         let mut done = 0u64;
         let mut released = std::collections::HashSet::new();
+        let mut split_subgraphs = 0usize;
         let mut compile = |g: &coordgen_graph::Subgraph| -> Result<Box<dyn Executable>> {
-            let exe = backend.compile(g, &weights)?;
+            let exe = match &accelerator {
+                None => backend.compile(g, &weights)?,
+                Some(qnn) => {
+                    let backends: [&dyn Backend; 2] = [qnn, &backend];
+                    let pieces = coordgen_graph::partition(g, &backends)?;
+                    if pieces.iter().any(|p| p.backend == 0) && pieces.len() > 1 {
+                        split_subgraphs += 1;
+                    }
+                    coordgen_graph::compile_partitioned(g, &backends, &weights)?
+                }
+            };
             // The backend reads repacked copies of these from now on: keep
             // the model resident once, not twice (also while loading).
             for name in backend.repacked_weights() {
@@ -223,6 +288,10 @@ impl Engine {
                 head_all: compile(&bucket.head_all)?,
             });
         }
+        let accelerator_report = match &accelerator {
+            None => None,
+            Some(qnn) => Some(qnn_report(qnn, cache_entry, split_subgraphs)?),
+        };
         Ok(Engine {
             inner: Arc::new(Inner {
                 path,
@@ -232,6 +301,8 @@ impl Engine {
                 tokenizer,
                 template,
                 backend,
+                accelerator,
+                accelerator_report,
                 executables: Mutex::new(executables),
                 verify_costs: Mutex::new(None),
             }),
@@ -298,13 +369,34 @@ impl Engine {
         Ok(())
     }
 
-    /// Kernel tier and thread count, for reports.
+    /// Kernel tier and thread count, and the accelerator, for reports.
     pub fn backend_description(&self) -> String {
-        format!(
+        let cpu = format!(
             "cpu ({} kernels, {} threads)",
             self.inner.backend.kernels().tier,
             self.inner.backend.threads()
-        )
+        );
+        match &self.inner.accelerator_report {
+            None => cpu,
+            Some(r) => format!(
+                "{} on {} ({} weights, {} graphs) + {cpu}",
+                r.backend, r.device, r.weights, r.graphs
+            ),
+        }
+    }
+
+    /// What the accelerator did at load, if there is one.
+    pub fn accelerator_report(&self) -> Option<&AcceleratorReport> {
+        self.inner.accelerator_report.as_ref()
+    }
+
+    /// The accelerator's conversion error per weight.
+    pub fn weight_conversion_reports(&self) -> Vec<coordgen_qnn::ConversionReport> {
+        self.inner
+            .accelerator
+            .as_ref()
+            .map(|q| q.conversion_reports())
+            .unwrap_or_default()
     }
 
     /// The kernel tier the backend runs (e.g. `avx512vnni`), for reports.
@@ -575,4 +667,110 @@ fn prefault(file: &GgufFile, progress: &mut impl FnMut(LoadProgress)) {
         });
     }
     std::hint::black_box((sum, started));
+}
+
+/// Starts the QNN backend: loads the library, sets the SoC, and opens the
+/// cached context binary of this model and plan when there is one.
+fn start_qnn(
+    options: &QnnOptions,
+    file: &GgufFile,
+    plan: &Plan,
+) -> Result<(coordgen_qnn::QnnBackend, Option<PathBuf>)> {
+    let library = coordgen_qnn::Library::load(&options.folder)?;
+    let runtime = coordgen_qnn::Runtime::new(&library, options.soc)?;
+    let Some(dir) = &options.cache_dir else {
+        return Ok((
+            coordgen_qnn::QnnBackend::new(&runtime, options.weights)?,
+            None,
+        ));
+    };
+    let key = qnn_cache_key(file, plan, &runtime, options.weights)?;
+    let entry = dir.join(format!("{key}.bin"));
+    let backend = match coordgen_qnn::QnnBackend::from_cache(&runtime, options.weights, dir, &key)?
+    {
+        Some(cached) => cached,
+        None => coordgen_qnn::QnnBackend::new(&runtime, options.weights)?,
+    };
+    Ok((backend, Some(entry)))
+}
+
+/// The cache key of a compiled plan: a hash of the model file, the plan,
+/// the SoC, the weight format and the library build.
+fn qnn_cache_key(
+    file: &GgufFile,
+    plan: &Plan,
+    runtime: &coordgen_qnn::Runtime,
+    format: coordgen_qnn::WeightFormat,
+) -> Result<String> {
+    use std::hash::{Hash, Hasher};
+    let mut model = std::collections::hash_map::DefaultHasher::new();
+    file.bytes().hash(&mut model);
+    let mut plan_hash = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_string(&plan.options)
+        .unwrap_or_default()
+        .hash(&mut plan_hash);
+    serde_json::to_string(&plan.config)
+        .unwrap_or_default()
+        .hash(&mut plan_hash);
+    let rest = coordgen_qnn::cache_key_parts(runtime, format)?;
+    let rest: String = rest
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    Ok(format!(
+        "{:016x}-{:016x}-{rest}",
+        model.finish(),
+        plan_hash.finish()
+    ))
+}
+
+/// The accelerator's load report; writes the cache entry after a miss.
+fn qnn_report(
+    qnn: &coordgen_qnn::QnnBackend,
+    cache_entry: Option<PathBuf>,
+    split_subgraphs: usize,
+) -> Result<AcceleratorReport> {
+    let times = qnn.compile_times();
+    let runtime = qnn.runtime();
+    let mut binary_bytes = 0;
+    let mut save_ms = 0.0;
+    if let Some(entry) = &cache_entry {
+        if !qnn.from_cached_binary() {
+            let started = Instant::now();
+            let dir = entry.parent().unwrap_or(Path::new("."));
+            let key = entry
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or_default();
+            binary_bytes = qnn.save_cache(dir, key)?;
+            save_ms = started.elapsed().as_secs_f64() * 1e3;
+        }
+    }
+    let worst_weight_error = qnn
+        .conversion_reports()
+        .into_iter()
+        .max_by(|a, b| a.relative_rms.total_cmp(&b.relative_rms))
+        .map(|r| (r.name, r.relative_rms));
+    Ok(AcceleratorReport {
+        backend: "qnn",
+        device: runtime.soc().to_string(),
+        library_build: runtime.library().build_id()?,
+        weights: qnn.weight_format().name(),
+        graphs: qnn.graph_count(),
+        split_subgraphs,
+        build_ms: times.build.as_secs_f64() * 1e3,
+        finalize_ms: times.finalize.as_secs_f64() * 1e3,
+        load_ms: qnn.load_time().as_secs_f64() * 1e3,
+        cache_hit: qnn.from_cached_binary(),
+        cache_entry,
+        binary_bytes,
+        save_ms,
+        worst_weight_error,
+    })
 }

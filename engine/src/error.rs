@@ -178,6 +178,10 @@ pub enum Error {
     Graph(#[from] coordgen_graph::Error),
     #[error("CPU backend: {0}")]
     Cpu(#[from] coordgen_cpu::Error),
+    /// The QNN backend could not start (a missing or broken library names
+    /// its folder and how to fill it) or failed a call.
+    #[error("QNN backend: {0}")]
+    Qnn(#[from] coordgen_qnn::Error),
     /// The model file describes an architecture the graph compiler cannot lower.
     #[error("unsupported model architecture {arch:?} (supported: llama)")]
     UnsupportedArchitecture { arch: String },

@@ -16,7 +16,11 @@ pub mod spec;
 pub mod tokenizer;
 
 pub use chat_template::{ChatMessage, ChatTemplate};
-pub use engine::{Engine, EngineOptions, LoadProgress};
+/// The QNN backend crate itself (library loading, for tools that check it).
+pub use coordgen_qnn as qnn;
+/// The QNN backend's SoC and weight-format choices.
+pub use coordgen_qnn::{Soc, WeightFormat};
+pub use engine::{AcceleratorReport, Engine, EngineOptions, LoadProgress, QnnOptions};
 pub use error::{Error, Result};
 pub use sampler::{Sampler, SamplerConfig};
 pub use session::{

@@ -24,6 +24,177 @@ pub struct ModelArgs {
     /// Force a kernel tier: scalar, avx2, avx512vnni, neon, neon-dotprod
     #[arg(long, value_name = "TIER")]
     pub kernels: Option<String>,
+    /// Prefill chunk widths compiled as static graphs [default: 32,128;
+    /// with --backend qnn: 32]
+    #[arg(long, value_delimiter = ',', value_name = "W,..")]
+    pub prefill_buckets: Vec<usize>,
+    /// Decode / verify widths compiled as static graphs [default:
+    /// 1,4,8,16,32,64; with --backend qnn: 1,16]
+    #[arg(long, value_delimiter = ',', value_name = "W,..")]
+    pub verify_buckets: Vec<usize>,
+    /// Transformer layers per subgraph block
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub layers_per_block: usize,
+    #[command(flatten)]
+    pub backend: BackendArgs,
+}
+
+/// Which backend runs the layers.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendChoice {
+    /// This machine's cores
+    Cpu,
+    /// Qualcomm's QNN HTP (the Hexagon NPU; on x86-64, Qualcomm's simulator)
+    /// for norms and matmuls, the CPU for attention
+    Qnn,
+    /// QNN on a device that has one, else the CPU (with a warning when the
+    /// QNN library is missing or broken)
+    Auto,
+}
+
+/// Backend flags.
+#[derive(Args, Clone, Debug)]
+pub struct BackendArgs {
+    /// Backend for the layers' linear parts
+    #[arg(long, value_enum, default_value_t = BackendChoice::Cpu)]
+    pub backend: BackendChoice,
+    /// Folder holding libQnnHtp.so [default: $COORDGEN_QNN_DIR, else
+    /// .cache/qnn/onnxruntime_qnn, which tools/fetch-qnn fills]
+    #[arg(long, value_name = "DIR")]
+    pub qnn_dir: Option<PathBuf>,
+    /// Snapdragon SoC to compile for: sm8550, sm8650, sm8750, sc8380xp
+    #[arg(long, value_name = "SOC", default_value = "sm8650")]
+    pub soc: String,
+    /// Matmul weights on the HTP: f16 (most accurate), int8 or int4
+    /// (per-channel, for device speed)
+    #[arg(long, value_name = "FORMAT", default_value = "f16")]
+    pub qnn_weights: String,
+    /// Folder of cached QNN context binaries [default: $XDG_CACHE_HOME/coordgen/qnn]
+    #[arg(long, value_name = "DIR")]
+    pub qnn_cache: Option<PathBuf>,
+    /// Build and finalize QNN graphs without reading or writing the cache
+    #[arg(long)]
+    pub no_qnn_cache: bool,
+}
+
+/// The QNN folder: the flag, $COORDGEN_QNN_DIR, or `.cache/qnn/onnxruntime_qnn`
+/// in the current directory or above the executable (the first that holds
+/// the library; the first candidate when none does).
+fn qnn_folder(flag: &Option<PathBuf>) -> PathBuf {
+    if let Some(p) = flag {
+        return p.clone();
+    }
+    if let Some(p) = std::env::var_os("COORDGEN_QNN_DIR") {
+        return PathBuf::from(p);
+    }
+    let relative = Path::new(".cache/qnn/onnxruntime_qnn");
+    let mut candidates = vec![relative.to_path_buf()];
+    if let Ok(exe) = std::env::current_exe() {
+        for dir in exe.ancestors().skip(1) {
+            candidates.push(dir.join(relative));
+        }
+    }
+    candidates
+        .iter()
+        .find(|p| p.join(coordgen::qnn::HTP_LIBRARY).is_file())
+        .unwrap_or(&candidates[0])
+        .clone()
+}
+
+fn qnn_cache_dir(flag: &Option<PathBuf>) -> PathBuf {
+    if let Some(p) = flag {
+        return p.clone();
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from(".cache"));
+    base.join("coordgen").join("qnn")
+}
+
+/// The QNN options of the flags, or `None` for the CPU alone. `auto`
+/// checks that the library loads, and warns and uses the CPU when not.
+fn accelerator(args: &BackendArgs, quiet: bool) -> Result<Option<coordgen::QnnOptions>> {
+    let folder = qnn_folder(&args.qnn_dir);
+    let soc = coordgen::Soc::parse(&args.soc).with_context(|| {
+        format!(
+            "unknown SoC {:?} (sm8550, sm8650, sm8750, sc8380xp)",
+            args.soc
+        )
+    })?;
+    let weights = coordgen::WeightFormat::parse(&args.qnn_weights).with_context(|| {
+        format!(
+            "unknown QNN weight format {:?} (f16, int8, int4)",
+            args.qnn_weights
+        )
+    })?;
+    let options = coordgen::QnnOptions {
+        folder,
+        soc,
+        weights,
+        cache_dir: (!args.no_qnn_cache).then(|| qnn_cache_dir(&args.qnn_cache)),
+    };
+    match args.backend {
+        BackendChoice::Cpu => Ok(None),
+        BackendChoice::Qnn => Ok(Some(options)),
+        BackendChoice::Auto => match coordgen::qnn::Library::load(&options.folder) {
+            Err(e) => {
+                eprintln!("warning: --backend auto: {e}; running on the CPU");
+                Ok(None)
+            }
+            Ok(_) if cfg!(target_arch = "x86_64") => {
+                if !quiet {
+                    eprintln!(
+                        "note: --backend auto: the QNN HTP library on x86-64 is Qualcomm's \
+                         functional simulator, slower than the CPU; running on the CPU \
+                         (--backend qnn runs it anyway)"
+                    );
+                }
+                Ok(None)
+            }
+            Ok(_) => Ok(Some(options)),
+        },
+    }
+}
+
+/// The engine options of the flags.
+pub fn engine_options(args: &ModelArgs, quiet: bool) -> Result<EngineOptions> {
+    let kernel_tier = match &args.kernels {
+        None => None,
+        Some(name) => Some(coordgen::Tier::parse(name).with_context(|| {
+            format!("unknown kernel tier {name:?} (scalar, avx2, avx512vnni, neon, neon-dotprod)")
+        })?),
+    };
+    let accelerator = accelerator(&args.backend, quiet)?;
+    let defaults = EngineOptions::default();
+    // Every bucket width is a compiled copy of the weights on an NPU (and
+    // finalizing takes seconds on the simulator): fewer buckets there.
+    let (prefill, verify) = if accelerator.is_some() {
+        (vec![32], vec![1, 16])
+    } else {
+        (
+            defaults.prefill_widths.clone(),
+            defaults.verify_widths.clone(),
+        )
+    };
+    Ok(EngineOptions {
+        threads: args.threads,
+        context_length: args.context_length,
+        kernel_tier,
+        prefill_widths: if args.prefill_buckets.is_empty() {
+            prefill
+        } else {
+            args.prefill_buckets.clone()
+        },
+        verify_widths: if args.verify_buckets.is_empty() {
+            verify
+        } else {
+            args.verify_buckets.clone()
+        },
+        layers_per_block: args.layers_per_block,
+        accelerator,
+        ..defaults
+    })
 }
 
 /// Sampling flags.
@@ -107,18 +278,7 @@ fn progress_bar(quiet: bool) -> ProgressBar {
 /// Loads the engine with a progress bar on stderr.
 pub fn load_engine(args: &ModelArgs, quiet: bool) -> Result<Engine> {
     let path = resolve_model(&args.model)?;
-    let kernel_tier = match &args.kernels {
-        None => None,
-        Some(name) => Some(coordgen::Tier::parse(name).with_context(|| {
-            format!("unknown kernel tier {name:?} (scalar, avx2, avx512vnni, neon, neon-dotprod)")
-        })?),
-    };
-    let options = EngineOptions {
-        threads: args.threads,
-        context_length: args.context_length,
-        kernel_tier,
-        ..EngineOptions::default()
-    };
+    let options = engine_options(args, quiet)?;
     let bar = progress_bar(quiet);
     let engine = Engine::load_with_progress(&path, options, |p: LoadProgress| {
         bar.set_message(p.stage);
@@ -127,7 +287,41 @@ pub fn load_engine(args: &ModelArgs, quiet: bool) -> Result<Engine> {
     })
     .with_context(|| format!("loading {}", path.display()))?;
     bar.finish_and_clear();
+    if !quiet {
+        if let Some(line) = accelerator_line(&engine) {
+            eprintln!("{line}");
+        }
+    }
     Ok(engine)
+}
+
+/// One line on what the accelerator did at load: graph build, finalize,
+/// cache load and save times.
+pub fn accelerator_line(engine: &Engine) -> Option<String> {
+    let r = engine.accelerator_report()?;
+    let mut line = format!(
+        "[{} on {} (library {}), {} weights: {} graphs ({} subgraphs split with the CPU)",
+        r.backend, r.device, r.library_build, r.weights, r.graphs, r.split_subgraphs
+    );
+    if r.cache_hit {
+        line += &format!(" | context binary loaded in {:.1} ms", r.load_ms);
+    } else {
+        line += &format!(
+            " | build {:.1} ms, finalize {:.1} ms",
+            r.build_ms, r.finalize_ms
+        );
+        if r.binary_bytes > 0 {
+            line += &format!(
+                ", cached {:.1} MB in {:.1} ms",
+                r.binary_bytes as f64 / 1e6,
+                r.save_ms
+            );
+        }
+    }
+    if let Some((name, err)) = &r.worst_weight_error {
+        line += &format!(" | worst weight conversion: {name}, relative RMS {err:.1e}");
+    }
+    Some(line + "]")
 }
 
 /// A progress bar for prefills long enough to notice.

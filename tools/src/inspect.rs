@@ -1,6 +1,6 @@
 //! `coordgen inspect` and `coordgen compile`.
 
-use crate::common::{resolve_model, ModelArgs};
+use crate::common::{engine_options, resolve_model, ModelArgs};
 use anyhow::{Context, Result};
 use clap::Args;
 use coordgen::gguf::{GgufFile, MetaArray, MetaValue};
@@ -24,15 +24,6 @@ pub struct InspectArgs {
 pub struct CompileArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Prefill chunk widths
-    #[arg(long, value_delimiter = ',', default_values_t = vec![32usize, 128])]
-    pub prefill_widths: Vec<usize>,
-    /// Decode / verify widths
-    #[arg(long, value_delimiter = ',', default_values_t = vec![1usize, 4, 8, 16, 32, 64])]
-    pub verify_widths: Vec<usize>,
-    /// Transformer layers per subgraph block
-    #[arg(long, value_name = "N", default_value_t = 5)]
-    pub layers_per_block: usize,
 }
 
 fn show_value(v: &MetaValue, items: usize) -> String {
@@ -135,16 +126,57 @@ pub fn inspect(args: InspectArgs) -> Result<()> {
 pub fn compile(args: CompileArgs) -> Result<()> {
     let path = resolve_model(&args.model.model)?;
     let options = EngineOptions {
-        threads: Some(1),
-        context_length: args.model.context_length,
-        prefill_widths: args.prefill_widths,
-        verify_widths: args.verify_widths,
-        layers_per_block: args.layers_per_block,
+        threads: Some(args.model.threads.unwrap_or(1)),
         prefault: false,
-        ..EngineOptions::default()
+        ..engine_options(&args.model, false)?
     };
+    let started = std::time::Instant::now();
     let engine =
         Engine::load(&path, options).with_context(|| format!("compiling {}", path.display()))?;
+    let elapsed = started.elapsed();
     print!("{}", engine.plan().summary());
+    if let Some(r) = engine.accelerator_report() {
+        println!(
+            "\n{} backend on {} (library {})",
+            r.backend, r.device, r.library_build
+        );
+        println!("  weights:          {}", r.weights);
+        println!(
+            "  graphs:           {} ({} subgraphs split with the CPU)",
+            r.graphs, r.split_subgraphs
+        );
+        if r.cache_hit {
+            println!("  cache:            hit, finalize skipped");
+            println!("  context load:     {:.1} ms", r.load_ms);
+        } else {
+            println!("  graph build:      {:.1} ms", r.build_ms);
+            println!("  graph finalize:   {:.1} ms", r.finalize_ms);
+            if r.binary_bytes > 0 {
+                println!(
+                    "  context binary:   {:.1} MB, written in {:.1} ms",
+                    r.binary_bytes as f64 / 1e6,
+                    r.save_ms
+                );
+            }
+        }
+        if let Some(entry) = &r.cache_entry {
+            println!("  cache entry:      {}", entry.display());
+        }
+        let mut reports = engine.weight_conversion_reports();
+        reports.sort_by(|a, b| b.relative_rms.total_cmp(&a.relative_rms));
+        if let Some(worst) = reports.first() {
+            let mean = reports.iter().map(|r| r.relative_rms).sum::<f64>() / reports.len() as f64;
+            println!(
+                "  weight conversion: {} tensors, mean relative RMS {:.2e}, worst {} ({} -> {}) {:.2e}",
+                reports.len(),
+                mean,
+                worst.name,
+                worst.from,
+                worst.to.name(),
+                worst.relative_rms
+            );
+        }
+    }
+    println!("  total:            {:.1} ms", elapsed.as_secs_f64() * 1e3);
     Ok(())
 }

@@ -245,6 +245,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         let out = serde_json::json!({
             "model": engine.path().display().to_string(),
             "backend": engine.backend_description(),
+            "accelerator": engine.accelerator_report(),
             "prompt_tokens": generation.prompt_tokens,
             "tokens": generation.tokens,
             "text": generation.text,
