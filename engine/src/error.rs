@@ -181,7 +181,7 @@ pub enum Error {
     /// The QNN backend could not start (a missing or broken library names
     /// its folder and how to fill it) or failed a call.
     #[error("QNN backend: {0}")]
-    Qnn(#[from] coordgen_qnn::Error),
+    Qnn(coordgen_qnn::Error),
     /// The model file describes an architecture the graph compiler cannot lower.
     #[error("unsupported model architecture {arch:?} (supported: llama)")]
     UnsupportedArchitecture { arch: String },
@@ -213,3 +213,11 @@ pub enum Error {
 
 /// Result alias for the engine.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+// By hand, not `#[from]`: the message already holds the QNN error, and a
+// `source()` would print it twice in an error chain.
+impl From<coordgen_qnn::Error> for Error {
+    fn from(e: coordgen_qnn::Error) -> Self {
+        Error::Qnn(e)
+    }
+}

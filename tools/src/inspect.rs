@@ -24,6 +24,9 @@ pub struct InspectArgs {
 pub struct CompileArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    /// With an accelerator: list the conversion error of every weight
+    #[arg(long)]
+    pub per_tensor: bool,
 }
 
 fn show_value(v: &MetaValue, items: usize) -> String {
@@ -163,7 +166,27 @@ pub fn compile(args: CompileArgs) -> Result<()> {
             println!("  cache entry:      {}", entry.display());
         }
         let mut reports = engine.weight_conversion_reports();
+        if args.per_tensor {
+            println!(
+                "\n  {:<28} {:>6} {:>5} {:>13} {:>13}",
+                "weight", "from", "to", "relative RMS", "max |error|"
+            );
+            for r in &reports {
+                println!(
+                    "  {:<28} {:>6} {:>5} {:>13.3e} {:>13.3e}",
+                    r.name,
+                    r.from.to_string(),
+                    r.to.name(),
+                    r.relative_rms,
+                    r.max_abs_error
+                );
+            }
+            println!();
+        }
         reports.sort_by(|a, b| b.relative_rms.total_cmp(&a.relative_rms));
+        if reports.is_empty() && r.cache_hit {
+            println!("  weight conversion: not redone on a cache hit (--no-qnn-cache redoes it)");
+        }
         if let Some(worst) = reports.first() {
             let mean = reports.iter().map(|r| r.relative_rms).sum::<f64>() / reports.len() as f64;
             println!(

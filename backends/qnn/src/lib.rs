@@ -40,7 +40,7 @@ pub const MIN_CORE_MINOR: u32 = 32;
 pub enum Error {
     #[error("the QNN library {path} does not exist (run tools/fetch-qnn, or point the backend at a folder holding {HTP_LIBRARY})")]
     LibraryMissing { path: PathBuf },
-    #[error("the QNN library {path} could not be loaded: {reason}")]
+    #[error("the QNN library {path} could not be loaded: {reason} (run tools/fetch-qnn to unpack it again, or point the backend at another folder)")]
     LibraryBroken { path: PathBuf, reason: String },
     #[error("the QNN library {path} lacks the symbol {symbol}: {reason}")]
     SymbolMissing {
