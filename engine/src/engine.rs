@@ -49,6 +49,10 @@ pub struct QnnOptions {
     pub soc: coordgen_qnn::Soc,
     /// The format of matmul weights on the HTP.
     pub weights: coordgen_qnn::WeightFormat,
+    /// Which parts of each layer the HTP runs: the linear parts (the
+    /// default, the paper's split), or whole layers with RoPE and
+    /// fixed-length attention.
+    pub graphs: coordgen_qnn::GraphScope,
     /// Where compiled context binaries are cached (`None`: no cache).
     pub cache_dir: Option<PathBuf>,
 }
@@ -60,6 +64,8 @@ pub struct AcceleratorReport {
     pub device: String,
     pub library_build: String,
     pub weights: &'static str,
+    /// `linear` or `full-layer`.
+    pub scope: &'static str,
     /// Graphs lowered to the accelerator (pieces of subgraphs).
     pub graphs: usize,
     /// Subgraphs split between the accelerator and the CPU.
@@ -679,19 +685,17 @@ fn start_qnn(
     let library = coordgen_qnn::Library::load(&options.folder)?;
     let runtime = coordgen_qnn::Runtime::new(&library, options.soc)?;
     let Some(dir) = &options.cache_dir else {
-        return Ok((
-            coordgen_qnn::QnnBackend::new(&runtime, options.weights)?,
-            None,
-        ));
+        let backend = coordgen_qnn::QnnBackend::new(&runtime, options.weights)?;
+        return Ok((backend.with_scope(options.graphs), None));
     };
-    let key = qnn_cache_key(file, plan, &runtime, options.weights)?;
+    let key = qnn_cache_key(file, plan, &runtime, options)?;
     let entry = dir.join(format!("{key}.bin"));
     let backend = match coordgen_qnn::QnnBackend::from_cache(&runtime, options.weights, dir, &key)?
     {
         Some(cached) => cached,
         None => coordgen_qnn::QnnBackend::new(&runtime, options.weights)?,
     };
-    Ok((backend, Some(entry)))
+    Ok((backend.with_scope(options.graphs), Some(entry)))
 }
 
 /// The cache key of a compiled plan: a hash of the model file, the plan,
@@ -700,7 +704,7 @@ fn qnn_cache_key(
     file: &GgufFile,
     plan: &Plan,
     runtime: &coordgen_qnn::Runtime,
-    format: coordgen_qnn::WeightFormat,
+    options: &QnnOptions,
 ) -> Result<String> {
     use std::hash::{Hash, Hasher};
     let mut model = std::collections::hash_map::DefaultHasher::new();
@@ -712,7 +716,7 @@ fn qnn_cache_key(
     serde_json::to_string(&plan.config)
         .unwrap_or_default()
         .hash(&mut plan_hash);
-    let rest = coordgen_qnn::cache_key_parts(runtime, format)?;
+    let rest = coordgen_qnn::cache_key_parts(runtime, options.weights, options.graphs)?;
     let rest: String = rest
         .chars()
         .map(|c| {
@@ -762,6 +766,7 @@ fn qnn_report(
         device: runtime.soc().to_string(),
         library_build: runtime.library().build_id()?,
         weights: qnn.weight_format().name(),
+        scope: qnn.scope().name(),
         graphs: qnn.graph_count(),
         split_subgraphs,
         build_ms: times.build.as_secs_f64() * 1e3,

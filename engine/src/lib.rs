@@ -19,7 +19,7 @@ pub use chat_template::{ChatMessage, ChatTemplate};
 /// The QNN backend crate itself (library loading, for tools that check it).
 pub use coordgen_qnn as qnn;
 /// The QNN backend's SoC and weight-format choices.
-pub use coordgen_qnn::{Soc, WeightFormat};
+pub use coordgen_qnn::{GraphScope, Soc, WeightFormat};
 pub use engine::{AcceleratorReport, Engine, EngineOptions, LoadProgress, QnnOptions};
 pub use error::{Error, Result};
 pub use sampler::{Sampler, SamplerConfig};

@@ -4,7 +4,7 @@
 
 use coordgen_cpu::CpuBackend;
 use coordgen_graph::*;
-use coordgen_qnn::{Library, QnnBackend, Runtime, Soc, WeightFormat};
+use coordgen_qnn::{GraphScope, Library, QnnBackend, Runtime, Soc, WeightFormat};
 use coordgen_tests::synthetic::{tiny_plan, tiny_weights, MemWeights, Rng};
 use std::sync::Arc;
 
@@ -283,13 +283,14 @@ fn run_blocks(
         *p = (past_len + i) as i32;
     }
     if b.kind == BucketKind::Verify {
-        // A chain: each row sees the rows before it.
+        // A tree, not a chain: a root and its siblings (each row sees the
+        // root and itself), so a row must not see the rows before it.
         let mask = state.boundaries[plan.boundaries.tree_mask.0]
             .view_mut::<u8>()
             .unwrap();
         for i in 0..width {
             for j in 0..width {
-                mask[i * width + j] = u8::from(j <= i);
+                mask[i * width + j] = u8::from(j == 0 || j == i);
             }
         }
     }
@@ -355,5 +356,75 @@ fn layer_blocks_split_between_qnn_and_cpu_match_the_cpu() {
                 "{dtype} {format:?} width {width}: {err:.3e}"
             );
         }
+    }
+}
+
+#[test]
+fn full_layer_graphs_run_whole_blocks_and_match_the_cpu() {
+    let Some(runtime) = runtime() else { return };
+    let qnn = QnnBackend::new(&runtime, WeightFormat::F16)
+        .unwrap()
+        .with_scope(GraphScope::FullLayer);
+    let cpu = CpuBackend::new(Some(1)).unwrap();
+    let weights = tiny_weights(DType::F16, 5);
+    let plan = tiny_plan(&weights);
+    // Every op of a layer block runs on the HTP: one graph per block.
+    for bucket in &plan.buckets {
+        for block in &bucket.blocks {
+            for op in &block.nodes {
+                if let Err(e) = qnn.probe(op, block) {
+                    panic!("{} in {}: {e}", op.name(), block.name);
+                }
+            }
+            let pieces = partition(block, &[&qnn, &cpu]).unwrap();
+            assert_eq!(pieces.len(), 1, "{}", block.name);
+            assert_eq!(pieces[0].backend, 0);
+        }
+    }
+    let mut cpu_state = SessionState::new(&plan);
+    let mut qnn_state = SessionState::new(&plan);
+    let bucket_of = |w| plan.buckets.iter().position(|b| b.width == w).unwrap();
+    let mut past = 0;
+    // Prefill with padding, a tree step (a chain), then single tokens.
+    for (tokens, width) in [
+        (vec![1, 17, 42, 5, 88, 9], 8),
+        (vec![33, 2, 71], 4),
+        (vec![6], 1),
+        (vec![50], 1),
+    ] {
+        let i = bucket_of(width);
+        let want = run_blocks(&plan, i, &[&cpu], &weights, &mut cpu_state, &tokens, past);
+        let got = run_blocks(
+            &plan,
+            i,
+            &[&qnn, &cpu],
+            &weights,
+            &mut qnn_state,
+            &tokens,
+            past,
+        );
+        let err = relative_rms(&got, &want);
+        eprintln!("full-layer, width {width} after {past}: hidden relative RMS {err:.2e}");
+        assert!(err <= 8e-3, "width {width}: {err:.3e}");
+        past += tokens.len();
+    }
+    // The cache holds the same keys and values (fp16 either way).
+    for half in 0..cpu_state.kv.halves() {
+        let a: Vec<f32> = cpu_state
+            .kv
+            .half_mut(half)
+            .unwrap()
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect();
+        let b: Vec<f32> = qnn_state
+            .kv
+            .half_mut(half)
+            .unwrap()
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect();
+        let err = relative_rms(&b, &a);
+        assert!(err <= 8e-3, "cache half {half}: {err:.3e}");
     }
 }

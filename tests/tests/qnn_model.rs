@@ -4,7 +4,7 @@
 //! across processes), and, with `--ignored`, the default model's greedy
 //! tokens.
 
-use coordgen::{Engine, EngineOptions, QnnOptions, Soc, WeightFormat};
+use coordgen::{Engine, EngineOptions, GraphScope, QnnOptions, Soc, WeightFormat};
 use coordgen_graph::DType;
 use coordgen_tests::synthetic::{tiny_weights, write_tiny_gguf};
 use std::path::{Path, PathBuf};
@@ -35,6 +35,7 @@ fn qnn_options(folder: &Path, cache: Option<&Path>) -> QnnOptions {
         folder: folder.to_path_buf(),
         soc: Soc::default(),
         weights: WeightFormat::F16,
+        graphs: GraphScope::Linear,
         cache_dir: cache.map(Path::to_path_buf),
     }
 }
@@ -76,31 +77,42 @@ fn a_tiny_gguf_model_on_qnn_matches_the_cpu_in_its_logits() {
     let dir = scratch("tiny");
     let model = tiny_model(&dir);
     let cpu = Engine::load(&model, options(None)).unwrap();
-    let qnn = Engine::load(&model, options(Some(qnn_options(&folder, None)))).unwrap();
-    let report = qnn.accelerator_report().unwrap();
-    assert!(
-        report.graphs > 0 && report.split_subgraphs > 0,
-        "{report:?}"
-    );
-    assert!(!report.cache_hit);
-    let (want, got) = (logits(&cpu), logits(&qnn));
-    let err = relative_rms(&got, &want);
-    eprintln!("tiny model, fp16 weights: logits relative RMS {err:.2e}");
-    // fp16 weights and fp16 arithmetic in the HTP over 2 layers (the block
-    // test measures 3.6e-3 on the hidden state).
-    assert!(err <= 1.5e-2, "{err:.3e} (measured 7.8e-3)");
-    // The same argmax at every position.
-    let vocab = 96;
-    let argmax = |l: &[f32]| {
-        l.chunks(vocab)
-            .map(|row| {
-                (0..vocab)
-                    .max_by(|&a, &b| row[a].total_cmp(&row[b]))
-                    .unwrap()
-            })
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(argmax(&got), argmax(&want));
+    let want = logits(&cpu);
+    for scope in GraphScope::ALL {
+        let mut qnn = qnn_options(&folder, None);
+        qnn.graphs = scope;
+        let qnn = Engine::load(&model, options(Some(qnn))).unwrap();
+        let report = qnn.accelerator_report().unwrap();
+        assert!(report.graphs > 0, "{report:?}");
+        // Linear graphs leave attention to the CPU; full layers do not.
+        assert_eq!(
+            report.split_subgraphs > 0,
+            scope == GraphScope::Linear,
+            "{report:?}"
+        );
+        assert!(!report.cache_hit);
+        let got = logits(&qnn);
+        let err = relative_rms(&got, &want);
+        eprintln!(
+            "tiny model, fp16 weights, {} graphs: logits relative RMS {err:.2e}",
+            scope.name()
+        );
+        // fp16 weights and fp16 arithmetic in the HTP over 2 layers (the
+        // block test measures 3e-3 on the hidden state).
+        assert!(err <= 1.5e-2, "{err:.3e} (measured 7.8e-3)");
+        // The same argmax at every position.
+        let vocab = 96;
+        let argmax = |l: &[f32]| {
+            l.chunks(vocab)
+                .map(|row| {
+                    (0..vocab)
+                        .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+                        .unwrap()
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(argmax(&got), argmax(&want));
+    }
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -69,6 +69,11 @@ pub struct BackendArgs {
     /// (per-channel, for device speed)
     #[arg(long, value_name = "FORMAT", default_value = "f16")]
     pub qnn_weights: String,
+    /// What the HTP runs of each layer: linear (norms, matmuls, residuals,
+    /// SiLU; RoPE and attention on the CPU, the paper's split) or
+    /// full-layer (RoPE and attention over the fixed-length cache too)
+    #[arg(long, value_name = "SCOPE", default_value = "linear")]
+    pub qnn_graphs: String,
     /// Folder of cached QNN context binaries [default: $XDG_CACHE_HOME/coordgen/qnn]
     #[arg(long, value_name = "DIR")]
     pub qnn_cache: Option<PathBuf>,
@@ -128,10 +133,17 @@ fn accelerator(args: &BackendArgs, quiet: bool) -> Result<Option<coordgen::QnnOp
             args.qnn_weights
         )
     })?;
+    let graphs = coordgen::GraphScope::parse(&args.qnn_graphs).with_context(|| {
+        format!(
+            "unknown QNN graph scope {:?} (linear, full-layer)",
+            args.qnn_graphs
+        )
+    })?;
     let options = coordgen::QnnOptions {
         folder,
         soc,
         weights,
+        graphs,
         cache_dir: (!args.no_qnn_cache).then(|| qnn_cache_dir(&args.qnn_cache)),
     };
     match args.backend {
@@ -300,8 +312,8 @@ pub fn load_engine(args: &ModelArgs, quiet: bool) -> Result<Engine> {
 pub fn accelerator_line(engine: &Engine) -> Option<String> {
     let r = engine.accelerator_report()?;
     let mut line = format!(
-        "[{} on {} (library {}), {} weights: {} graphs ({} subgraphs split with the CPU)",
-        r.backend, r.device, r.library_build, r.weights, r.graphs, r.split_subgraphs
+        "[{} on {} (library {}), {} weights, {} graphs: {} graphs ({} subgraphs split with the CPU)",
+        r.backend, r.device, r.library_build, r.weights, r.scope, r.graphs, r.split_subgraphs
     );
     if r.cache_hit {
         line += &format!(" | context binary loaded in {:.1} ms", r.load_ms);

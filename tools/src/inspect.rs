@@ -144,6 +144,7 @@ pub fn compile(args: CompileArgs) -> Result<()> {
             r.backend, r.device, r.library_build
         );
         println!("  weights:          {}", r.weights);
+        println!("  layer graphs:     {}", r.scope);
         println!(
             "  graphs:           {} ({} subgraphs split with the CPU)",
             r.graphs, r.split_subgraphs

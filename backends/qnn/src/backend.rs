@@ -7,13 +7,14 @@
 //! boundary buffers and arena (no copy on the way in or out). Inside, the
 //! graph casts to fp16, the HTP's float type, and back.
 
-use crate::graph::{DataType, Graph, GraphBuilder, IoTensor, Param, Role, Scalar, TensorRef};
+use crate::exec::QnnExecutable;
+use crate::graph::{DataType, Graph, GraphBuilder, IoTensor};
+use crate::lower::{file_weights, io_plan, GraphScope, Lowering, ZeroWeights};
 use crate::runtime::{Context, Runtime};
 use crate::weights::{self, ConversionReport, WeightFormat};
 use crate::{Error, Result};
 use coordgen_graph::{
-    DType, ExecParams, Executable, Op, Piece, SessionState, Subgraph, SubgraphRole, TensorId,
-    TensorKind, WeightSource,
+    DType, Executable, Op, Piece, Subgraph, SubgraphRole, TensorId, TensorKind, WeightSource,
 };
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -22,42 +23,18 @@ use std::time::{Duration, Instant};
 
 /// What a context-binary cache key must cover besides the model and plan:
 /// the SoC, the weight format and the library build.
-pub fn cache_key_parts(runtime: &Runtime, format: WeightFormat) -> Result<String> {
+pub fn cache_key_parts(
+    runtime: &Runtime,
+    format: WeightFormat,
+    scope: GraphScope,
+) -> Result<String> {
     Ok(format!(
-        "{}-{}-{}",
+        "{}-{}-{}-{}",
         runtime.soc().name(),
         format.name(),
+        scope.name(),
         runtime.library().build_id()?
     ))
-}
-
-/// Where an input or output of a lowered piece lives in the session.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Place {
-    Boundary(usize),
-    Arena(usize),
-}
-
-/// One input or output binding: the place and its byte size.
-#[derive(Clone, Copy, Debug)]
-struct Binding {
-    place: Place,
-    bytes: usize,
-}
-
-impl Binding {
-    fn range(&self) -> (Place, usize, usize) {
-        match self.place {
-            Place::Boundary(id) => (Place::Boundary(id), 0, self.bytes),
-            Place::Arena(offset) => (Place::Arena(0), offset, offset + self.bytes),
-        }
-    }
-
-    fn overlaps(&self, other: &Binding) -> bool {
-        let (a, s0, e0) = self.range();
-        let (b, s1, e1) = other.range();
-        a == b && s0 < e1 && s1 < e0
-    }
 }
 
 /// Time spent building and finalizing graphs.
@@ -76,6 +53,7 @@ pub struct QnnBackend {
     /// binary holds a whole compiled plan.
     context: Arc<Context>,
     format: WeightFormat,
+    scope: GraphScope,
     /// Answers of the library's op validation, by op shape and types.
     validated: Mutex<HashMap<String, bool>>,
     /// Conversion error of each converted weight, by name.
@@ -171,6 +149,7 @@ impl QnnBackend {
             runtime: runtime.clone(),
             context,
             format,
+            scope: GraphScope::Linear,
             validated: Mutex::new(HashMap::new()),
             reports: Mutex::new(Vec::new()),
             times: Mutex::new(CompileTimes::default()),
@@ -269,6 +248,16 @@ impl QnnBackend {
         Ok(binary.len() as u64)
     }
 
+    /// Runs `scope` of each layer on the HTP (set before compiling).
+    pub fn with_scope(mut self, scope: GraphScope) -> QnnBackend {
+        self.scope = scope;
+        self
+    }
+
+    pub fn scope(&self) -> GraphScope {
+        self.scope
+    }
+
     /// Graphs compiled or retrieved so far.
     pub fn graph_count(&self) -> usize {
         self.names.lock().map(|n| n.len()).unwrap_or(0)
@@ -335,17 +324,27 @@ impl QnnBackend {
     pub fn probe(&self, op: &Op, graph: &Subgraph) -> Result<()> {
         let context = Context::new(&self.runtime)?;
         let mut builder = GraphBuilder::new(&context, "probe")?;
-        let mut lowering = Lowering::new(&mut builder, graph, self.format);
+        let mut inputs = Vec::new();
         for t in op.inputs() {
-            if !matches!(
+            let weight = matches!(
                 graph.tensor(t).map(|d| &d.kind),
                 Some(TensorKind::Weight { .. })
-            ) {
-                lowering.ensure_input(t)?;
+            );
+            if !weight && !inputs.contains(&t) {
+                inputs.push(t);
             }
         }
-        lowering.op(op, &ZeroWeights(graph))?;
-        Ok(())
+        let piece = Piece {
+            backend: 0,
+            graph: Subgraph {
+                nodes: vec![op.clone()],
+                ..graph.clone()
+            },
+            inputs,
+            outputs: vec![op.output()],
+        };
+        let plan = io_plan(&piece)?;
+        Lowering::new(&mut builder, graph, self.format).piece(&piece, &plan, &ZeroWeights(graph))
     }
 
     fn unique_name(&self, name: &str) -> String {
@@ -366,7 +365,7 @@ impl QnnBackend {
         candidate
     }
 
-    /// Lowers and finalizes a piece.
+    /// Lowers and finalizes a piece (or, from a cached context, finds it).
     pub fn compile_piece_graph(
         &self,
         piece: &Piece,
@@ -375,16 +374,7 @@ impl QnnBackend {
         let graph = &piece.graph;
         let started = Instant::now();
         let name = self.unique_name(&graph.name);
-        let inputs = piece
-            .inputs
-            .iter()
-            .map(|&t| binding(graph, t))
-            .collect::<Result<Vec<_>>>()?;
-        let outputs = piece
-            .outputs
-            .iter()
-            .map(|&t| binding(graph, t))
-            .collect::<Result<Vec<_>>>()?;
+        let plan = io_plan(piece)?;
         if self.from_cache {
             let known = self.graphs.lock().ok().and_then(|g| g.get(&name).cloned());
             let (graph_inputs, graph_outputs) = known.ok_or_else(|| Error::Lowering {
@@ -392,23 +382,14 @@ impl QnnBackend {
                 message: format!("the cached context has no graph {name}"),
             })?;
             let retrieved = Graph::retrieve(&self.context, &name, graph_inputs, graph_outputs)?;
-            return QnnExecutable::new(graph.name.clone(), retrieved, inputs, outputs);
+            return QnnExecutable::new(graph.name.clone(), retrieved, plan);
         }
         let mut builder = GraphBuilder::new(&self.context, &name)?;
-        let mut lowering = Lowering::new(&mut builder, graph, self.format);
-        for &t in &piece.inputs {
-            lowering.ensure_input(t)?;
-        }
-        let source = FileWeights {
-            source: weights,
-            reports: &self.reports,
-        };
-        for op in &graph.nodes {
-            lowering.op(op, &source)?;
-        }
-        for &t in &piece.outputs {
-            lowering.output(t)?;
-        }
+        Lowering::new(&mut builder, graph, self.format).piece(
+            piece,
+            &plan,
+            &file_weights(weights, &self.reports),
+        )?;
         let built = started.elapsed();
         let compiled = builder.finalize()?;
         let finalized = started.elapsed() - built;
@@ -423,31 +404,8 @@ impl QnnBackend {
                 (compiled.inputs().to_vec(), compiled.outputs().to_vec()),
             );
         }
-        QnnExecutable::new(graph.name.clone(), compiled, inputs, outputs)
+        QnnExecutable::new(graph.name.clone(), compiled, plan)
     }
-}
-
-/// The arena or boundary place of a piece's input or output.
-fn binding(graph: &Subgraph, t: TensorId) -> Result<Binding> {
-    let decl = graph.tensor(t).ok_or_else(|| Error::Lowering {
-        graph: graph.name.clone(),
-        message: format!("no tensor {}", t.0),
-    })?;
-    let bytes = decl.n_bytes().ok_or_else(|| Error::Lowering {
-        graph: graph.name.clone(),
-        message: format!("{} has no whole size", decl.name),
-    })?;
-    let place = match decl.kind {
-        TensorKind::Boundary { id } => Place::Boundary(id.0),
-        TensorKind::Intermediate { offset } => Place::Arena(offset),
-        _ => {
-            return Err(Error::Lowering {
-                graph: graph.name.clone(),
-                message: format!("{} is neither a boundary nor an intermediate", decl.name),
-            })
-        }
-    };
-    Ok(Binding { place, bytes })
 }
 
 /// Cache key of an op's validation: its kind, shapes and weight format.
@@ -463,260 +421,6 @@ fn op_key(op: &Op, graph: &Subgraph, format: WeightFormat) -> Option<String> {
     }
     key.push_str(&shape(op.output())?);
     Some(key)
-}
-
-/// Weight bytes for lowering: the model's, or zeros for a validation probe.
-trait WeightProvider {
-    fn matrix(&self, name: &str, format: WeightFormat) -> Result<(DataType, Vec<u8>)>;
-    fn vector_f16(&self, name: &str) -> Result<Vec<u8>>;
-}
-
-struct FileWeights<'a> {
-    source: &'a dyn WeightSource,
-    reports: &'a Mutex<Vec<ConversionReport>>,
-}
-
-impl FileWeights<'_> {
-    fn load(
-        &self,
-        name: &str,
-    ) -> Result<(coordgen_graph::WeightDesc, coordgen_graph::WeightBytes)> {
-        let missing = || Error::BadWeight {
-            name: name.to_string(),
-            message: "the model has no such weight".into(),
-        };
-        let desc = self.source.describe(name).ok_or_else(missing)?;
-        let bytes = self.source.bytes(name).ok_or_else(missing)?;
-        Ok((desc, bytes))
-    }
-}
-
-impl WeightProvider for FileWeights<'_> {
-    fn matrix(&self, name: &str, format: WeightFormat) -> Result<(DataType, Vec<u8>)> {
-        let (desc, bytes) = self.load(name)?;
-        let converted = weights::convert_matrix(name, &desc, bytes.as_slice(), format)?;
-        if let Ok(mut reports) = self.reports.lock() {
-            if !reports.iter().any(|r| r.name == name) {
-                reports.push(converted.report.clone());
-            }
-        }
-        Ok((converted.data_type, converted.bytes))
-    }
-
-    fn vector_f16(&self, name: &str) -> Result<Vec<u8>> {
-        let (desc, bytes) = self.load(name)?;
-        Ok(weights::to_f16(&weights::dequantize(
-            name,
-            &desc,
-            bytes.as_slice(),
-        )?))
-    }
-}
-
-/// Zero weights of the right shapes, for validation probes.
-struct ZeroWeights<'a>(&'a Subgraph);
-
-impl ZeroWeights<'_> {
-    fn shape(&self, name: &str) -> Result<Vec<usize>> {
-        self.0
-            .tensors
-            .iter()
-            .find(|t| matches!(&t.kind, TensorKind::Weight { name: n } if n == name))
-            .map(|t| t.shape.clone())
-            .ok_or_else(|| Error::BadWeight {
-                name: name.to_string(),
-                message: "not a weight of this graph".into(),
-            })
-    }
-}
-
-impl WeightProvider for ZeroWeights<'_> {
-    fn matrix(&self, name: &str, format: WeightFormat) -> Result<(DataType, Vec<u8>)> {
-        let shape = self.shape(name)?;
-        let n: usize = shape.iter().product();
-        let rows = shape.first().copied().unwrap_or(1);
-        Ok(match format {
-            WeightFormat::F16 => (DataType::F16, vec![0; n * 2]),
-            WeightFormat::Int8 | WeightFormat::Int4 => (
-                DataType::SFixed8PerAxis {
-                    axis: 0,
-                    bitwidth: if format == WeightFormat::Int4 { 4 } else { 8 },
-                    scales: vec![1.0; rows],
-                },
-                vec![0; n],
-            ),
-        })
-    }
-
-    fn vector_f16(&self, name: &str) -> Result<Vec<u8>> {
-        let n: usize = self.shape(name)?.iter().product();
-        Ok(vec![0; n * 2])
-    }
-}
-
-/// Lowers ops of one subgraph into one QNN graph, in fp16.
-struct Lowering<'b, 'g> {
-    builder: &'b mut GraphBuilder,
-    graph: &'g Subgraph,
-    format: WeightFormat,
-    /// The fp16 tensor holding each IR tensor's value so far.
-    values: HashMap<TensorId, TensorRef>,
-}
-
-impl<'b, 'g> Lowering<'b, 'g> {
-    fn new(builder: &'b mut GraphBuilder, graph: &'g Subgraph, format: WeightFormat) -> Self {
-        Lowering {
-            builder,
-            graph,
-            format,
-            values: HashMap::new(),
-        }
-    }
-
-    fn decl(&self, t: TensorId) -> Result<&'g coordgen_graph::TensorDecl> {
-        self.graph.tensor(t).ok_or_else(|| Error::Lowering {
-            graph: self.graph.name.clone(),
-            message: format!("no tensor {}", t.0),
-        })
-    }
-
-    fn unsupported(&self, what: String) -> Error {
-        Error::Lowering {
-            graph: self.graph.name.clone(),
-            message: what,
-        }
-    }
-
-    /// An f32 graph input for `t`, cast to fp16.
-    fn ensure_input(&mut self, t: TensorId) -> Result<TensorRef> {
-        if let Some(&v) = self.values.get(&t) {
-            return Ok(v);
-        }
-        let decl = self.decl(t)?;
-        if decl.dtype != DType::F32 {
-            return Err(self.unsupported(format!("input {} is {}, not f32", decl.name, decl.dtype)));
-        }
-        let input =
-            self.builder
-                .tensor(&decl.name, Role::Input, DataType::F32, &decl.shape, None)?;
-        let half = self.native(t)?;
-        self.builder.node("Cast", &[input], &[half], &[])?;
-        self.values.insert(t, half);
-        Ok(half)
-    }
-
-    /// A new fp16 tensor of `t`'s shape, inside the graph.
-    fn native(&mut self, t: TensorId) -> Result<TensorRef> {
-        let decl = self.decl(t)?;
-        self.builder
-            .tensor(&decl.name, Role::Native, DataType::F16, &decl.shape, None)
-    }
-
-    fn value(&mut self, t: TensorId) -> Result<TensorRef> {
-        match self.values.get(&t) {
-            Some(&v) => Ok(v),
-            None => self.ensure_input(t),
-        }
-    }
-
-    /// Casts `t`'s value to an f32 graph output.
-    fn output(&mut self, t: TensorId) -> Result<()> {
-        let decl = self.decl(t)?;
-        if decl.dtype != DType::F32 {
-            return Err(
-                self.unsupported(format!("output {} is {}, not f32", decl.name, decl.dtype))
-            );
-        }
-        let value =
-            self.values.get(&t).copied().ok_or_else(|| {
-                self.unsupported(format!("output {} is never computed", decl.name))
-            })?;
-        let out =
-            self.builder
-                .tensor(&decl.name, Role::Output, DataType::F32, &decl.shape, None)?;
-        self.builder.node("Cast", &[value], &[out], &[])
-    }
-
-    fn weight_name(&self, t: TensorId) -> Result<&'g str> {
-        match &self.decl(t)?.kind {
-            TensorKind::Weight { name } => Ok(name),
-            _ => Err(self.unsupported(format!("{} is not a weight", self.decl(t)?.name))),
-        }
-    }
-
-    fn op(&mut self, op: &Op, weights: &dyn WeightProvider) -> Result<()> {
-        match *op {
-            Op::RmsNorm {
-                x,
-                weight,
-                eps,
-                out,
-            } => {
-                let x = self.value(x)?;
-                let name = self.weight_name(weight)?;
-                let decl = self.decl(weight)?;
-                let gamma_bytes = weights.vector_f16(name)?;
-                let gamma = self.builder.tensor(
-                    name,
-                    Role::Static,
-                    DataType::F16,
-                    &[decl.n_elements()],
-                    Some(&gamma_bytes),
-                )?;
-                let rank = self.decl(out)?.shape.len();
-                let axes = self
-                    .builder
-                    .u32_param_tensor("axes", &[rank.saturating_sub(1) as u32])?;
-                let y = self.native(out)?;
-                self.builder.node(
-                    "RmsNorm",
-                    &[x, gamma],
-                    &[y],
-                    &[
-                        Param::Scalar("epsilon", Scalar::F32(eps)),
-                        Param::Tensor("axes", axes),
-                    ],
-                )?;
-                self.values.insert(out, y);
-            }
-            Op::MatMul { x, w, out } => {
-                let x = self.value(x)?;
-                let name = self.weight_name(w)?;
-                let decl = self.decl(w)?;
-                let (data_type, bytes) = weights.matrix(name, self.format)?;
-                let w = self.builder.tensor(
-                    name,
-                    Role::Static,
-                    data_type,
-                    &decl.shape,
-                    Some(&bytes),
-                )?;
-                let y = self.native(out)?;
-                self.builder.node("FullyConnected", &[x, w], &[y], &[])?;
-                self.values.insert(out, y);
-            }
-            Op::Add { a, b, out } => {
-                let (a, b) = (self.value(a)?, self.value(b)?);
-                let y = self.native(out)?;
-                self.builder.node("ElementWiseAdd", &[a, b], &[y], &[])?;
-                self.values.insert(out, y);
-            }
-            Op::SiluMul { gate, up, out } => {
-                let (gate, up) = (self.value(gate)?, self.value(up)?);
-                let sigmoid = self.native(out)?;
-                let silu = self.native(out)?;
-                let y = self.native(out)?;
-                self.builder.node("Sigmoid", &[gate], &[sigmoid], &[])?;
-                self.builder
-                    .node("ElementWiseMultiply", &[gate, sigmoid], &[silu], &[])?;
-                self.builder
-                    .node("ElementWiseMultiply", &[silu, up], &[y], &[])?;
-                self.values.insert(out, y);
-            }
-            _ => return Err(self.unsupported(format!("{} is not lowered to QNN", op.name()))),
-        }
-        Ok(())
-    }
 }
 
 impl coordgen_graph::Backend for QnnBackend {
@@ -735,6 +439,8 @@ impl coordgen_graph::Backend for QnnBackend {
         if !matches!(graph.role, SubgraphRole::Layers { .. }) {
             return false;
         }
+        // Activations are f32; positions, the tree mask and the cache reach
+        // the graph through per-run inputs.
         let f32_io = op
             .inputs()
             .into_iter()
@@ -742,12 +448,20 @@ impl coordgen_graph::Backend for QnnBackend {
             .filter(|&t| {
                 !matches!(
                     graph.tensor(t).map(|d| &d.kind),
-                    Some(TensorKind::Weight { .. })
-                )
+                    Some(TensorKind::Weight { .. } | TensorKind::KvCache { .. })
+                ) && !matches!(*op, Op::Rope { positions, .. } if positions == t)
+                    && !matches!(*op, Op::Attention { tree_mask: Some(m), .. } if m == t)
             })
             .all(|t| graph.tensor(t).is_some_and(|d| d.dtype == DType::F32));
+        let full_layer = self.scope == GraphScope::FullLayer;
         let kind_ok = match *op {
             Op::RmsNorm { .. } | Op::Add { .. } | Op::SiluMul { .. } => true,
+            Op::Rope { head_dim, .. } => full_layer && head_dim % 2 == 0,
+            Op::Attention {
+                n_heads,
+                n_kv_heads,
+                ..
+            } => full_layer && n_kv_heads > 0 && n_heads % n_kv_heads == 0,
             Op::MatMul { w, .. } => graph.tensor(w).is_some_and(|d| {
                 weights::convertible(d.dtype)
                     && d.shape.len() == 2
@@ -789,122 +503,5 @@ impl From<Error> for coordgen_graph::Error {
             backend: "qnn",
             source: Box::new(e),
         }
-    }
-}
-
-/// A finalized QNN graph bound to a session's buffers.
-pub struct QnnExecutable {
-    name: String,
-    graph: Graph,
-    inputs: Vec<Binding>,
-    outputs: Vec<Binding>,
-    /// Per output: a staging buffer when its place overlaps an input's
-    /// (arena bytes reused after the input's last read), else `None`: the
-    /// library writes outputs in place only where nothing it reads lives.
-    staging: Vec<Option<Vec<u8>>>,
-    input_ptrs: Vec<*const u8>,
-    output_ptrs: Vec<*mut u8>,
-}
-
-// SAFETY: the pointer vectors only hold addresses during `run`.
-unsafe impl Send for QnnExecutable {}
-
-impl QnnExecutable {
-    fn new(
-        name: String,
-        graph: Graph,
-        inputs: Vec<Binding>,
-        outputs: Vec<Binding>,
-    ) -> Result<Self> {
-        let staging = outputs
-            .iter()
-            .enumerate()
-            .map(|(i, o)| {
-                let clash = inputs.iter().any(|b| b.overlaps(o))
-                    || outputs[..i].iter().any(|b| b.overlaps(o));
-                clash.then(|| vec![0u8; o.bytes])
-            })
-            .collect();
-        Ok(QnnExecutable {
-            name,
-            graph,
-            inputs,
-            outputs,
-            staging,
-            input_ptrs: Vec::new(),
-            output_ptrs: Vec::new(),
-        })
-    }
-
-    /// Outputs written through a staging copy (zero in a layer block:
-    /// the arena keeps a piece's inputs and outputs apart).
-    pub fn staged_outputs(&self) -> usize {
-        self.staging.iter().filter(|s| s.is_some()).count()
-    }
-
-    pub fn graph(&self) -> &Graph {
-        &self.graph
-    }
-
-    fn base(state: &mut SessionState, b: &Binding) -> Option<*mut u8> {
-        let (buffer, start) = match b.place {
-            Place::Boundary(id) => (state.boundaries.get_mut(id)?, 0),
-            Place::Arena(offset) => (&mut state.arena, offset),
-        };
-        let end = start.checked_add(b.bytes)?;
-        buffer
-            .as_bytes_mut()
-            .get_mut(start..end)
-            .map(|s| s.as_mut_ptr())
-    }
-}
-
-impl Executable for QnnExecutable {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn run(
-        &mut self,
-        state: &mut SessionState,
-        _params: &ExecParams,
-    ) -> std::result::Result<(), coordgen_graph::Error> {
-        // Padding rows run too (the graph is static); they hold whatever
-        // the buffers held, and every op is row-wise, so valid rows are
-        // unaffected and the CPU ignores the rest.
-        let too_small = |what: &str| Error::Lowering {
-            graph: self.name.clone(),
-            message: format!("the session's {what} buffer is smaller than the plan"),
-        };
-        self.input_ptrs.clear();
-        self.output_ptrs.clear();
-        for b in &self.inputs {
-            let p = Self::base(state, b).ok_or_else(|| too_small("input"))?;
-            self.input_ptrs.push(p.cast_const());
-        }
-        for (b, staging) in self.outputs.iter().zip(&mut self.staging) {
-            let p = match staging {
-                Some(s) => s.as_mut_ptr(),
-                None => Self::base(state, b).ok_or_else(|| too_small("output"))?,
-            };
-            self.output_ptrs.push(p);
-        }
-        // SAFETY: every pointer addresses `bytes` bytes inside the session's
-        // buffers (checked just above) or a staging buffer of that size;
-        // `state` is borrowed mutably for the whole call; outputs overlap
-        // no input or other output (overlapping ones are staged).
-        let result = unsafe { self.graph.execute_raw(&self.input_ptrs, &self.output_ptrs) };
-        self.input_ptrs.clear();
-        self.output_ptrs.clear();
-        result?;
-        for (b, staging) in self.outputs.iter().zip(&self.staging) {
-            if let Some(s) = staging {
-                let p = Self::base(state, b).ok_or_else(|| too_small("output"))?;
-                // SAFETY: `p` addresses `b.bytes` bytes of the session's
-                // buffer, and `s` is a separate buffer of that size.
-                unsafe { std::ptr::copy_nonoverlapping(s.as_ptr(), p, b.bytes) };
-            }
-        }
-        Ok(())
     }
 }

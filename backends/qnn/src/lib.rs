@@ -13,12 +13,16 @@
 #![warn(unsafe_op_in_unsafe_fn)]
 
 mod backend;
+mod exec;
 pub mod ffi;
 mod graph;
+mod lower;
 mod runtime;
 pub mod weights;
 
-pub use backend::{cache_key_parts, CompileTimes, QnnBackend, QnnExecutable};
+pub use backend::{cache_key_parts, CompileTimes, QnnBackend};
+pub use exec::QnnExecutable;
+pub use lower::GraphScope;
 pub use weights::{ConversionReport, WeightFormat};
 
 pub use graph::{DataType, Graph, GraphBuilder, IoTensor, Param, Role, Scalar, TensorRef};
