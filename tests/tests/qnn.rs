@@ -409,21 +409,15 @@ fn full_layer_graphs_run_whole_blocks_and_match_the_cpu() {
         past += tokens.len();
     }
     // The cache holds the same keys and values (fp16 either way).
+    let values = |state: &mut SessionState, half: usize| -> Vec<f32> {
+        let bytes = state.kv.half_mut(half).unwrap();
+        bytes
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect()
+    };
     for half in 0..cpu_state.kv.halves() {
-        let a: Vec<f32> = cpu_state
-            .kv
-            .half_mut(half)
-            .unwrap()
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect();
-        let b: Vec<f32> = qnn_state
-            .kv
-            .half_mut(half)
-            .unwrap()
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect();
+        let (a, b) = (values(&mut cpu_state, half), values(&mut qnn_state, half));
         let err = relative_rms(&b, &a);
         assert!(err <= 8e-3, "cache half {half}: {err:.3e}");
     }
