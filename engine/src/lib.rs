@@ -11,6 +11,7 @@ pub mod error;
 pub mod gguf;
 pub mod model;
 pub mod sampler;
+pub mod schedule;
 mod session;
 pub mod spec;
 pub mod tokenizer;
