@@ -271,6 +271,34 @@ fn run_blocks(
     tokens: &[i32],
     past_len: usize,
 ) -> Vec<f32> {
+    let mut exes = compile_blocks(plan, bucket, backends, weights);
+    run_compiled(plan, bucket, &mut exes, state, tokens, past_len)
+}
+
+/// A bucket's embedding (on the last backend) and blocks, compiled.
+fn compile_blocks(
+    plan: &Plan,
+    bucket: usize,
+    backends: &[&dyn Backend],
+    weights: &MemWeights,
+) -> Vec<Box<dyn Executable>> {
+    let b = &plan.buckets[bucket];
+    let mut exes = vec![backends.last().unwrap().compile(&b.embed, weights).unwrap()];
+    for block in &b.blocks {
+        exes.push(compile_partitioned(block, backends, weights).unwrap());
+    }
+    exes
+}
+
+/// Runs [`compile_blocks`]'s executables over `tokens`.
+fn run_compiled(
+    plan: &Plan,
+    bucket: usize,
+    exes: &mut [Box<dyn Executable>],
+    state: &mut SessionState,
+    tokens: &[i32],
+    past_len: usize,
+) -> Vec<f32> {
     let b = &plan.buckets[bucket];
     let width = b.width;
     let tb = &mut state.boundaries[plan.boundaries.tokens.0];
@@ -298,10 +326,7 @@ fn run_blocks(
         n_valid: tokens.len(),
         past_len,
     };
-    let mut embed = backends.last().unwrap().compile(&b.embed, weights).unwrap();
-    embed.run(state, &params).unwrap();
-    for block in &b.blocks {
-        let mut exe = compile_partitioned(block, backends, weights).unwrap();
+    for exe in exes {
         exe.run(state, &params).unwrap();
     }
     let hidden = plan.boundaries.hidden[b.blocks.len() % 2];
@@ -421,4 +446,43 @@ fn full_layer_graphs_run_whole_blocks_and_match_the_cpu() {
         let err = relative_rms(&b, &a);
         assert!(err <= 8e-3, "cache half {half}: {err:.3e}");
     }
+}
+
+#[test]
+fn a_saved_group_unloads_and_loads_back_with_the_same_outputs() {
+    let Some(runtime) = runtime() else { return };
+    let qnn = QnnBackend::new(&runtime, WeightFormat::F16).unwrap();
+    let cpu = CpuBackend::new(Some(1)).unwrap();
+    let weights = tiny_weights(DType::F16, 9);
+    let plan = tiny_plan(&weights);
+    let bucket = plan.buckets.iter().position(|b| b.width == 4).unwrap();
+    let tokens = [3, 14, 15];
+    let mut exes = compile_blocks(&plan, bucket, &[&qnn, &cpu], &weights);
+    let mut run = || {
+        let mut state = SessionState::new(&plan);
+        run_compiled(&plan, bucket, &mut exes, &mut state, &tokens, 0)
+    };
+    let first = run();
+
+    let group = qnn.group(&plan.buckets[bucket].blocks[0].name).unwrap();
+    assert!(group.is_loaded());
+    // Not saved yet: unloading would lose the graphs.
+    assert!(group.unload().is_err());
+    let dir = std::env::temp_dir().join(format!("coordgen-qnn-groups-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let bytes = qnn.save_cache(&dir, "entry").unwrap();
+    assert!(bytes > 0);
+    assert_eq!(qnn.groups().len(), 1, "one subgraph compiled, one group");
+
+    group.unload().unwrap();
+    assert!(!group.is_loaded());
+    let took = group.load().unwrap();
+    assert!(group.is_loaded() && took > std::time::Duration::ZERO);
+    assert_eq!(run(), first, "a reloaded group computes what it did");
+
+    // A run of an unloaded group loads it first.
+    group.unload().unwrap();
+    assert_eq!(run(), first);
+    assert!(group.is_loaded());
+    let _ = std::fs::remove_dir_all(dir);
 }

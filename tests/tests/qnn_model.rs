@@ -160,7 +160,7 @@ fn a_cache_hit_skips_finalize_and_gives_the_same_logits_in_a_fresh_process() {
         "{built:?}"
     );
     let entry = built.cache_entry.clone().unwrap();
-    assert!(entry.is_file(), "{}", entry.display());
+    assert!(entry.join("manifest.json").is_file(), "{}", entry.display());
     let want = logits(&fresh);
     drop(fresh);
 
@@ -206,7 +206,7 @@ fn a_cache_hit_skips_finalize_and_gives_the_same_logits_in_a_fresh_process() {
     assert!(!other_format.accelerator_report().unwrap().cache_hit);
 
     // A corrupt binary is a typed error, not a crash.
-    std::fs::write(&entry, b"not a context binary").unwrap();
+    std::fs::write(entry.join("group0.bin"), b"not a context binary").unwrap();
     let err = Engine::load(&model, qnn())
         .err()
         .expect("a corrupt cache entry fails");

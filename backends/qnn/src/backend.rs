@@ -8,7 +8,8 @@
 //! graph casts to fp16, the HTP's float type, and back.
 
 use crate::exec::QnnExecutable;
-use crate::graph::{DataType, Graph, GraphBuilder, IoTensor};
+use crate::graph::{DataType, GraphBuilder, IoTensor};
+use crate::group::GraphGroup;
 use crate::lower::{file_weights, io_plan, GraphScope, Lowering, ZeroWeights};
 use crate::runtime::{Context, Runtime};
 use crate::weights::{self, ConversionReport, WeightFormat};
@@ -17,7 +18,7 @@ use coordgen_graph::{
     DType, Executable, Op, Piece, Subgraph, SubgraphRole, TensorId, TensorKind, WeightSource,
 };
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -49,9 +50,6 @@ pub struct CompileTimes {
 /// phones; on x86-64, the library's functional simulator).
 pub struct QnnBackend {
     runtime: Arc<Runtime>,
-    /// Every graph of one backend lives in one context, so that one context
-    /// binary holds a whole compiled plan.
-    context: Arc<Context>,
     format: WeightFormat,
     scope: GraphScope,
     /// Answers of the library's op validation, by op shape and types.
@@ -59,27 +57,22 @@ pub struct QnnBackend {
     /// Conversion error of each converted weight, by name.
     reports: Mutex<Vec<ConversionReport>>,
     times: Mutex<CompileTimes>,
-    /// Graph names in use in the context (each must be unique).
+    /// Graph names in use (each must be unique), in compile order.
     names: Mutex<Vec<String>>,
-    /// Inputs and outputs of every graph, by name: those built here, or
-    /// those of a context loaded from a cached binary.
-    graphs: Mutex<HashMap<String, GraphIo>>,
-    /// Whether the context came from a cached binary (graphs are then
+    /// One group (and context) per subgraph of the plan, in compile order.
+    groups: Mutex<Vec<Arc<GraphGroup>>>,
+    /// Whether the groups came from a cached entry (graphs are then
     /// retrieved, never built or finalized).
     from_cache: bool,
-    /// Time spent loading the cached binary.
-    load_time: Duration,
 }
 
-/// A graph's inputs and outputs, as executing it needs them.
-type GraphIo = (Vec<IoTensor>, Vec<IoTensor>);
+/// The manifest of a cache entry (a folder holding one binary per group).
+const MANIFEST: &str = "manifest.json";
 
-/// The file names of a context-binary cache entry.
-fn cache_paths(dir: &Path, key: &str) -> (PathBuf, PathBuf) {
-    (
-        dir.join(format!("{key}.bin")),
-        dir.join(format!("{key}.json")),
-    )
+/// The group of a piece: the subgraph it came from (`prefill32/block0#1`
+/// belongs to `prefill32/block0`).
+fn group_name(piece_graph: &str) -> &str {
+    piece_graph.split('#').next().unwrap_or(piece_graph)
 }
 
 fn io_json(list: &[IoTensor]) -> serde_json::Value {
@@ -125,55 +118,47 @@ fn io_from_json(value: &serde_json::Value) -> Option<Vec<IoTensor>> {
 }
 
 impl QnnBackend {
-    /// A backend that builds and finalizes its graphs in a new context.
+    /// A backend that builds and finalizes its graphs (one new context per
+    /// subgraph of the plan).
     pub fn new(runtime: &Arc<Runtime>, format: WeightFormat) -> Result<QnnBackend> {
-        Ok(Self::with_context(
-            runtime,
-            Context::new(runtime)?,
-            format,
-            HashMap::new(),
-            false,
-            Duration::ZERO,
-        ))
+        Ok(Self::with_groups(runtime, format, Vec::new(), false))
     }
 
-    fn with_context(
+    fn with_groups(
         runtime: &Arc<Runtime>,
-        context: Arc<Context>,
         format: WeightFormat,
-        graphs: HashMap<String, GraphIo>,
+        groups: Vec<Arc<GraphGroup>>,
         from_cache: bool,
-        load_time: Duration,
     ) -> QnnBackend {
         QnnBackend {
             runtime: runtime.clone(),
-            context,
             format,
             scope: GraphScope::Linear,
             validated: Mutex::new(HashMap::new()),
             reports: Mutex::new(Vec::new()),
             times: Mutex::new(CompileTimes::default()),
             names: Mutex::new(Vec::new()),
-            graphs: Mutex::new(graphs),
+            groups: Mutex::new(groups),
             from_cache,
-            load_time,
         }
     }
 
-    /// A backend over the context binary cached as `key` in `dir`, or
-    /// `Ok(None)` when there is no such entry. The key must name everything
-    /// the graphs depend on: model, plan, SoC, weight format and library
-    /// build (see [`cache_key_parts`]). Pieces compiled later must come in
-    /// the order they came when the entry was written, as graphs are found
-    /// by their names.
+    /// A backend over the cache entry `key` in `dir`, or `Ok(None)` when
+    /// there is no such entry. The key must name everything the graphs
+    /// depend on: model, plan, SoC, weight format, scope and library build
+    /// (see [`cache_key_parts`]). Nothing is loaded yet ([`Self::load_all`]
+    /// or the first run does it). Pieces compiled later must come in the
+    /// order they came when the entry was written, as graphs are found by
+    /// their names.
     pub fn from_cache(
         runtime: &Arc<Runtime>,
         format: WeightFormat,
         dir: &Path,
         key: &str,
     ) -> Result<Option<QnnBackend>> {
-        let (bin, json) = cache_paths(dir, key);
-        if !bin.is_file() || !json.is_file() {
+        let folder = dir.join(key);
+        let json = folder.join(MANIFEST);
+        if !json.is_file() {
             return Ok(None);
         }
         let bad = |message: String| Error::Cache {
@@ -183,69 +168,105 @@ impl QnnBackend {
         let text = std::fs::read_to_string(&json).map_err(|e| bad(e.to_string()))?;
         let manifest: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
-        let mut graphs = HashMap::new();
+        let mut groups = Vec::new();
         for g in manifest
-            .get("graphs")
+            .get("groups")
             .and_then(|g| g.as_array())
-            .ok_or_else(|| bad("no graph list".into()))?
+            .ok_or_else(|| bad("no group list".into()))?
         {
-            let entry = (|| {
-                Some((
-                    g.get("name")?.as_str()?.to_string(),
-                    io_from_json(g.get("inputs")?)?,
-                    io_from_json(g.get("outputs")?)?,
-                ))
+            let parsed = (|| {
+                let name = g.get("name")?.as_str()?.to_string();
+                let file = g.get("file")?.as_str()?.to_string();
+                let graphs = g
+                    .get("graphs")?
+                    .as_array()?
+                    .iter()
+                    .map(|graph| {
+                        Some((
+                            graph.get("name")?.as_str()?.to_string(),
+                            (
+                                io_from_json(graph.get("inputs")?)?,
+                                io_from_json(graph.get("outputs")?)?,
+                            ),
+                        ))
+                    })
+                    .collect::<Option<Vec<_>>>()?;
+                Some((name, file, graphs))
             })();
-            let (name, inputs, outputs) =
-                entry.ok_or_else(|| bad("a malformed graph entry".into()))?;
-            graphs.insert(name, (inputs, outputs));
+            let (name, file, graphs) =
+                parsed.ok_or_else(|| bad("a malformed group entry".into()))?;
+            // A file name of our own making: no path may leave the entry.
+            if file.contains('/') || file.contains("..") {
+                return Err(bad(format!("a group file named {file:?}")));
+            }
+            groups.push(GraphGroup::cached(
+                &name,
+                runtime,
+                folder.join(file),
+                graphs,
+            ));
         }
-        let binary = std::fs::read(&bin).map_err(|e| Error::Cache {
-            path: bin.clone(),
-            message: e.to_string(),
-        })?;
-        let started = Instant::now();
-        let context = Context::from_binary(runtime, &binary)?;
-        let load_time = started.elapsed();
-        Ok(Some(Self::with_context(
-            runtime, context, format, graphs, true, load_time,
-        )))
+        Ok(Some(Self::with_groups(runtime, format, groups, true)))
     }
 
-    /// Writes the context binary with every graph compiled so far, and the
-    /// manifest of their inputs and outputs, as cache entry `key` in `dir`.
-    /// Returns the binary's size in bytes.
+    /// Writes every group's context binary and the manifest of their graphs
+    /// as cache entry `key` in `dir` (the manifest last: it marks the entry
+    /// complete). Returns the binaries' total size in bytes.
     pub fn save_cache(&self, dir: &Path, key: &str) -> Result<u64> {
-        let (bin, json) = cache_paths(dir, key);
+        let folder = dir.join(key);
         let io_error = |path: &Path, e: std::io::Error| Error::Cache {
             path: path.to_path_buf(),
             message: e.to_string(),
         };
-        std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
-        let binary = self.context.binary()?;
-        let names = self.names.lock().map(|n| n.clone()).unwrap_or_default();
-        let graphs = self.graphs.lock().map(|g| g.clone()).unwrap_or_default();
-        let list: Vec<serde_json::Value> = names
-            .iter()
-            .filter_map(|name| {
-                let (inputs, outputs) = graphs.get(name)?;
-                Some(serde_json::json!({
-                    "name": name,
-                    "inputs": io_json(inputs),
-                    "outputs": io_json(outputs),
-                }))
-            })
-            .collect();
-        let manifest = serde_json::json!({ "key": key, "graphs": list });
-        // Write to temporary names and rename, so a reader never sees half
-        // an entry (the manifest goes last: it marks the entry complete).
-        let tmp_bin = bin.with_extension("bin.tmp");
-        std::fs::write(&tmp_bin, &binary).map_err(|e| io_error(&tmp_bin, e))?;
-        std::fs::rename(&tmp_bin, &bin).map_err(|e| io_error(&bin, e))?;
-        let tmp_json = json.with_extension("json.tmp");
-        std::fs::write(&tmp_json, manifest.to_string()).map_err(|e| io_error(&tmp_json, e))?;
-        std::fs::rename(&tmp_json, &json).map_err(|e| io_error(&json, e))?;
-        Ok(binary.len() as u64)
+        std::fs::create_dir_all(&folder).map_err(|e| io_error(&folder, e))?;
+        let mut total = 0;
+        let mut list = Vec::new();
+        for (i, group) in self.groups().iter().enumerate() {
+            let file = format!("group{i}.bin");
+            total += group.save(&folder.join(&file))?;
+            let graphs: Vec<serde_json::Value> = group
+                .graph_names()
+                .iter()
+                .filter_map(|name| {
+                    let (inputs, outputs) = group.io(name)?;
+                    Some(serde_json::json!({
+                        "name": name,
+                        "inputs": io_json(&inputs),
+                        "outputs": io_json(&outputs),
+                    }))
+                })
+                .collect();
+            list.push(serde_json::json!({
+                "name": group.name(),
+                "file": file,
+                "graphs": graphs,
+            }));
+        }
+        let manifest = serde_json::json!({ "key": key, "groups": list });
+        let json = folder.join(MANIFEST);
+        let tmp = json.with_extension("json.tmp");
+        std::fs::write(&tmp, manifest.to_string()).map_err(|e| io_error(&tmp, e))?;
+        std::fs::rename(&tmp, &json).map_err(|e| io_error(&json, e))?;
+        Ok(total)
+    }
+
+    /// Every group, in compile order.
+    pub fn groups(&self) -> Vec<Arc<GraphGroup>> {
+        self.groups.lock().map(|g| g.clone()).unwrap_or_default()
+    }
+
+    /// The group of subgraph `name` (e.g. `verify16/block3`), if any.
+    pub fn group(&self, name: &str) -> Option<Arc<GraphGroup>> {
+        self.groups().into_iter().find(|g| g.name() == name)
+    }
+
+    /// Loads every group not resident yet; returns the time it took.
+    pub fn load_all(&self) -> Result<Duration> {
+        let mut total = Duration::ZERO;
+        for group in self.groups() {
+            total += group.load()?;
+        }
+        Ok(total)
     }
 
     /// Runs `scope` of each layer on the HTP (set before compiling).
@@ -268,17 +289,8 @@ impl QnnBackend {
         self.from_cache
     }
 
-    /// Time spent loading the cached context binary (zero when built).
-    pub fn load_time(&self) -> Duration {
-        self.load_time
-    }
-
     pub fn runtime(&self) -> &Arc<Runtime> {
         &self.runtime
-    }
-
-    pub fn context(&self) -> &Arc<Context> {
-        &self.context
     }
 
     pub fn weight_format(&self) -> WeightFormat {
@@ -365,7 +377,26 @@ impl QnnBackend {
         candidate
     }
 
-    /// Lowers and finalizes a piece (or, from a cached context, finds it).
+    /// The group of a piece, created (and resident) when building.
+    fn group_for(&self, piece: &Piece) -> Result<Arc<GraphGroup>> {
+        let name = group_name(&piece.graph.name);
+        if let Some(group) = self.group(name) {
+            return Ok(group);
+        }
+        if self.from_cache {
+            return Err(Error::Lowering {
+                graph: piece.graph.name.clone(),
+                message: format!("the cache entry has no group {name}"),
+            });
+        }
+        let group = GraphGroup::build(name, &self.runtime)?;
+        if let Ok(mut groups) = self.groups.lock() {
+            groups.push(group.clone());
+        }
+        Ok(group)
+    }
+
+    /// Lowers and finalizes a piece (or, from a cache entry, finds it).
     pub fn compile_piece_graph(
         &self,
         piece: &Piece,
@@ -375,16 +406,11 @@ impl QnnBackend {
         let started = Instant::now();
         let name = self.unique_name(&graph.name);
         let plan = io_plan(piece)?;
+        let group = self.group_for(piece)?;
         if self.from_cache {
-            let known = self.graphs.lock().ok().and_then(|g| g.get(&name).cloned());
-            let (graph_inputs, graph_outputs) = known.ok_or_else(|| Error::Lowering {
-                graph: graph.name.clone(),
-                message: format!("the cached context has no graph {name}"),
-            })?;
-            let retrieved = Graph::retrieve(&self.context, &name, graph_inputs, graph_outputs)?;
-            return QnnExecutable::new(graph.name.clone(), retrieved, plan);
+            return QnnExecutable::new(graph.name.clone(), group, name, plan);
         }
-        let mut builder = GraphBuilder::new(&self.context, &name)?;
+        let mut builder = GraphBuilder::new(&group.context()?, &name)?;
         Lowering::new(&mut builder, graph, self.format).piece(
             piece,
             &plan,
@@ -398,13 +424,8 @@ impl QnnBackend {
             t.build += built;
             t.finalize += finalized;
         }
-        if let Ok(mut g) = self.graphs.lock() {
-            g.insert(
-                name,
-                (compiled.inputs().to_vec(), compiled.outputs().to_vec()),
-            );
-        }
-        QnnExecutable::new(graph.name.clone(), compiled, plan)
+        group.add(compiled);
+        QnnExecutable::new(graph.name.clone(), group, name, plan)
     }
 }
 

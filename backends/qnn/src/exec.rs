@@ -1,15 +1,21 @@
 //! Running a finalized QNN graph over a session's buffers.
 
-use crate::graph::Graph;
+use crate::graph::IoTensor;
+use crate::group::GraphGroup;
 use crate::lower::{Binding, IoPlan, Place, Sink, Source, MASKED};
 use crate::Error;
 use coordgen_graph::{ExecParams, Executable, SessionState, KV_SLOT_BLOCK};
 use half::f16;
+use std::sync::Arc;
 
 /// A finalized QNN graph bound to a session's buffers.
 pub struct QnnExecutable {
     name: String,
-    graph: Graph,
+    /// The group holding the graph (it may be swapped out between runs).
+    group: Arc<GraphGroup>,
+    graph_name: String,
+    /// Byte sizes of the graph's inputs and outputs.
+    input_bytes: Vec<usize>,
     plan: IoPlan,
     /// Per input: the buffer of an input computed per run (RoPE tables, the
     /// mask), else empty.
@@ -25,29 +31,62 @@ pub struct QnnExecutable {
 // SAFETY: the pointer vectors only hold addresses during `run`.
 unsafe impl Send for QnnExecutable {}
 
-fn io_bytes(graph: &Graph, input: bool, i: usize) -> usize {
-    let list = if input {
-        graph.inputs()
-    } else {
-        graph.outputs()
-    };
-    list.get(i).map_or(0, |t| t.bytes())
+fn sizes(list: &[IoTensor]) -> Vec<usize> {
+    list.iter().map(IoTensor::bytes).collect()
 }
 
 impl QnnExecutable {
-    pub(crate) fn new(name: String, graph: Graph, plan: IoPlan) -> Result<Self, Error> {
-        if plan.inputs.len() != graph.inputs().len() || plan.outputs.len() != graph.outputs().len()
-        {
+    pub(crate) fn new(
+        name: String,
+        group: Arc<GraphGroup>,
+        graph_name: String,
+        plan: IoPlan,
+    ) -> Result<Self, Error> {
+        let (inputs, outputs) = group.io(&graph_name).ok_or_else(|| Error::Lowering {
+            graph: name.clone(),
+            message: format!("group {} has no graph {graph_name}", group.name()),
+        })?;
+        if plan.inputs.len() != inputs.len() || plan.outputs.len() != outputs.len() {
             return Err(Error::Lowering {
                 graph: name,
                 message: format!(
                     "the graph has {} inputs and {} outputs, its plan {} and {}",
-                    graph.inputs().len(),
-                    graph.outputs().len(),
+                    inputs.len(),
+                    outputs.len(),
                     plan.inputs.len(),
                     plan.outputs.len()
                 ),
             });
+        }
+        let (input_bytes, output_bytes) = (sizes(&inputs), sizes(&outputs));
+        // A session tensor is read or written in place: its size must be
+        // the graph tensor's.
+        let bound = plan
+            .inputs
+            .iter()
+            .zip(&input_bytes)
+            .filter_map(|(s, &n)| match s {
+                Source::Bound { binding, .. } => Some((binding.bytes, n)),
+                _ => None,
+            })
+            .chain(
+                plan.outputs
+                    .iter()
+                    .zip(&output_bytes)
+                    .filter_map(|(s, &n)| match s {
+                        Sink::Bound { binding, .. } => Some((binding.bytes, n)),
+                        _ => None,
+                    }),
+            );
+        for (have, want) in bound {
+            if have != want {
+                return Err(Error::Lowering {
+                    graph: name,
+                    message: format!(
+                        "a session tensor of {have} bytes for a graph tensor of {want}"
+                    ),
+                });
+            }
         }
         let bound_inputs: Vec<Binding> = plan
             .inputs
@@ -62,7 +101,7 @@ impl QnnExecutable {
             .iter()
             .enumerate()
             .map(|(i, s)| match s {
-                Source::Rope { .. } | Source::Mask { .. } => vec![0u8; io_bytes(&graph, true, i)],
+                Source::Rope { .. } | Source::Mask { .. } => vec![0u8; input_bytes[i]],
                 _ => Vec::new(),
             })
             .collect();
@@ -81,7 +120,7 @@ impl QnnExecutable {
                     }
                 };
                 if staged {
-                    vec![0u8; io_bytes(&graph, false, i)]
+                    vec![0u8; output_bytes[i]]
                 } else {
                     Vec::new()
                 }
@@ -89,7 +128,9 @@ impl QnnExecutable {
             .collect();
         Ok(QnnExecutable {
             name,
-            graph,
+            group,
+            graph_name,
+            input_bytes,
             plan,
             computed,
             staging,
@@ -105,8 +146,9 @@ impl QnnExecutable {
         self.staging.iter().filter(|s| !s.is_empty()).count()
     }
 
-    pub fn graph(&self) -> &Graph {
-        &self.graph
+    /// The group holding this executable's graph.
+    pub fn group(&self) -> &Arc<GraphGroup> {
+        &self.group
     }
 
     fn error(&self, message: String) -> Error {
@@ -283,7 +325,7 @@ impl Executable for QnnExecutable {
         self.input_ptrs.clear();
         self.output_ptrs.clear();
         for (i, source) in self.plan.inputs.iter().enumerate() {
-            let bytes = io_bytes(&self.graph, true, i);
+            let bytes = self.input_bytes[i];
             let ptr = match source {
                 Source::Bound { binding, .. } => Self::bound(state, binding).map(|s| s.as_ptr()),
                 Source::Kv { half, .. } => state
@@ -318,7 +360,10 @@ impl Executable for QnnExecutable {
         // executable's own per-run buffers, or a staging buffer of that
         // size; `state` is borrowed mutably for the whole call; outputs
         // overlap no input or other output (overlapping ones are staged).
-        let result = unsafe { self.graph.execute_raw(&self.input_ptrs, &self.output_ptrs) };
+        let (inputs, outputs) = (&self.input_ptrs, &self.output_ptrs);
+        let result = self.group.with_graph(&self.graph_name, |graph| unsafe {
+            graph.execute_raw(inputs, outputs)
+        });
         self.input_ptrs.clear();
         self.output_ptrs.clear();
         result?;

@@ -16,12 +16,14 @@ mod backend;
 mod exec;
 pub mod ffi;
 mod graph;
+mod group;
 mod lower;
 mod runtime;
 pub mod weights;
 
 pub use backend::{cache_key_parts, CompileTimes, QnnBackend};
 pub use exec::QnnExecutable;
+pub use group::GraphGroup;
 pub use lower::GraphScope;
 pub use weights::{ConversionReport, WeightFormat};
 
@@ -69,6 +71,8 @@ pub enum Error {
     },
     #[error("lowering {graph} to QNN: {message}")]
     Lowering { graph: String, message: String },
+    #[error("QNN graph group {group} {message}")]
+    Group { group: String, message: String },
     #[error("QNN context cache {path}: {message}")]
     Cache { path: PathBuf, message: String },
     #[error("weight {name}: {message}")]
