@@ -37,6 +37,13 @@ pub struct EngineOptions {
     /// An accelerator for the linear parts of the layers (the CPU runs the
     /// rest, and everything when this is `None`).
     pub accelerator: Option<QnnOptions>,
+    /// How each block's prefill graph gives way to its verify graph on an
+    /// accelerator that loads graphs per block (QNN with a context-binary
+    /// cache). Elsewhere nothing loads and every mode computes the same.
+    pub switching: crate::progressive::Switching,
+    /// Forces the first switch to a block boundary (`chunk · blocks +
+    /// block`), for experiments; `None` lets the schedule choose.
+    pub switch_from: Option<usize>,
 }
 
 /// Where and how the QNN HTP backend runs.
@@ -97,6 +104,8 @@ impl Default for EngineOptions {
             kernel_tier: None,
             prefault: true,
             accelerator: None,
+            switching: crate::progressive::Switching::default(),
+            switch_from: None,
         }
     }
 }
@@ -110,12 +119,12 @@ pub struct LoadProgress {
 }
 
 /// Compiled executables of one bucket.
-struct BucketExecutables {
-    width: usize,
-    embed: Box<dyn Executable>,
-    blocks: Vec<Box<dyn Executable>>,
-    head_last: Box<dyn Executable>,
-    head_all: Box<dyn Executable>,
+pub(crate) struct BucketExecutables {
+    pub(crate) width: usize,
+    pub(crate) embed: Box<dyn Executable>,
+    pub(crate) blocks: Vec<Box<dyn Executable>>,
+    pub(crate) head_last: Box<dyn Executable>,
+    pub(crate) head_all: Box<dyn Executable>,
 }
 
 pub(crate) struct Inner {
@@ -134,6 +143,8 @@ pub(crate) struct Inner {
     /// Verify pass time by width (ms, index = rows), measured once by the
     /// first speculative request and shared by later ones.
     pub(crate) verify_costs: Mutex<Option<Vec<f64>>>,
+    /// Which graph each block has resident, and how blocks switch.
+    pub(crate) switching: Mutex<crate::progressive::SwitchState>,
 }
 
 /// A loaded model. Cheap to clone; sessions share it.
@@ -298,6 +309,7 @@ impl Engine {
             None => None,
             Some(qnn) => Some(qnn_report(qnn, cache_entry, split_subgraphs)?),
         };
+        let switching = switch_state(&plan, accelerator.as_ref(), &options)?;
         Ok(Engine {
             inner: Arc::new(Inner {
                 path,
@@ -311,6 +323,7 @@ impl Engine {
                 accelerator_report,
                 executables: Mutex::new(executables),
                 verify_costs: Mutex::new(None),
+                switching: Mutex::new(switching),
             }),
         })
     }
@@ -486,10 +499,10 @@ impl Engine {
             });
         }
         logits_out.clear();
-        let mut exes = inner
-            .executables
-            .lock()
-            .map_err(|_| Error::InvalidModel("a previous forward pass panicked".into()))?;
+        if matches!(attend, Attend::Causal) && self.scheduled(tokens.len()) {
+            return self.forward_scheduled(state, tokens, past_len, wanted, logits_out, progress);
+        }
+        let mut exes = self.executables()?;
         match attend {
             Attend::Causal => {
                 let max_chunk = inner
@@ -542,6 +555,7 @@ impl Engine {
                     });
                 }
                 let positions = tree_positions(mask, n, past_len);
+                let started = Instant::now();
                 self.run_bucket(
                     &mut exes[index],
                     state,
@@ -552,9 +566,179 @@ impl Engine {
                     Some(wanted),
                     logits_out,
                 )?;
+                let ended = Instant::now();
+                drop(exes);
+                if let Ok(mut s) = self.switch_state() {
+                    if let Some(r) = s.recording.as_mut() {
+                        let ms =
+                            |t: Instant| t.saturating_duration_since(r.epoch).as_secs_f64() * 1e3;
+                        let pass = crate::schedule::Event::Pass {
+                            rows: n,
+                            start_ms: ms(started),
+                            end_ms: ms(ended),
+                        };
+                        r.events.push(pass);
+                    }
+                }
             }
         }
         Ok(())
+    }
+
+    pub(crate) fn executables(&self) -> Result<std::sync::MutexGuard<'_, Vec<BucketExecutables>>> {
+        self.inner
+            .executables
+            .lock()
+            .map_err(|_| Error::InvalidModel("a previous forward pass panicked".into()))
+    }
+
+    /// Writes a prefill chunk's tokens and positions, and embeds them.
+    pub(crate) fn begin_chunk(
+        &self,
+        state: &mut SessionState,
+        exes: &mut BucketExecutables,
+        tokens: &[u32],
+        first_position: usize,
+    ) -> Result<()> {
+        let b = self.inner.plan.boundaries;
+        let bad = || Error::InvalidModel("a session buffer has the wrong size".into());
+        let ids = state.boundaries[b.tokens.0]
+            .view_mut::<i32>()
+            .ok_or_else(bad)?;
+        for (dst, &t) in ids.iter_mut().zip(tokens) {
+            *dst = t as i32;
+        }
+        let pos = state.boundaries[b.positions.0]
+            .view_mut::<i32>()
+            .ok_or_else(bad)?;
+        for (i, p) in pos.iter_mut().take(tokens.len()).enumerate() {
+            *p = (first_position + i) as i32;
+        }
+        let params = ExecParams {
+            n_valid: tokens.len(),
+            past_len: first_position,
+        };
+        exes.embed.run(state, &params)?;
+        Ok(())
+    }
+
+    /// Runs a chunk's output head (if its logits are wanted) and keeps them.
+    pub(crate) fn finish_chunk(
+        &self,
+        state: &mut SessionState,
+        exes: &mut BucketExecutables,
+        params: &ExecParams,
+        rows: Option<LogitsWanted>,
+        logits_out: &mut Vec<f32>,
+    ) -> Result<()> {
+        let count = match rows {
+            None => return Ok(()),
+            Some(LogitsWanted::Last) => {
+                exes.head_last.run(state, params)?;
+                1
+            }
+            Some(LogitsWanted::All) => {
+                exes.head_all.run(state, params)?;
+                params.n_valid
+            }
+        };
+        let vocab = self.inner.config.vocab_size;
+        let view = state.boundaries[self.inner.plan.boundaries.logits.0]
+            .view::<f32>()
+            .ok_or_else(|| Error::InvalidModel("the logits buffer has the wrong size".into()))?;
+        logits_out.extend_from_slice(&view[..count * vocab]);
+        Ok(())
+    }
+
+    /// Runs block `block` of a prefill chunk (`rows` rows at rows 0.. of
+    /// its input buffer) as sub-chunks on verify bucket `g2`, each with a
+    /// causal mask; returns the number of runs. Batch invariance makes the
+    /// rows come out as one G1 run would give them.
+    pub(crate) fn run_block_on_g2(
+        &self,
+        state: &mut SessionState,
+        exes: &mut [BucketExecutables],
+        g2: usize,
+        block: usize,
+        rows: usize,
+        past_len: usize,
+    ) -> Result<usize> {
+        let plan = &self.inner.plan;
+        let b = plan.boundaries;
+        let d = self.inner.config.d_model;
+        let w2 = exes[g2].width;
+        let (input, output) = (b.hidden[block % 2].0, b.hidden[(block + 1) % 2].0);
+        let bad = || Error::InvalidModel("a session buffer has the wrong size".into());
+        let chunk_in: Vec<f32> =
+            state.boundaries[input].view::<f32>().ok_or_else(bad)?[..rows * d].to_vec();
+        let positions: Vec<i32> = state.boundaries[b.positions.0]
+            .view::<i32>()
+            .ok_or_else(bad)?[..rows]
+            .to_vec();
+        let mut chunk_out = vec![0f32; rows * d];
+        {
+            let mask = state.boundaries[b.tree_mask.0].as_bytes_mut();
+            let cells = mask.get_mut(..w2 * w2).ok_or_else(bad)?;
+            for i in 0..w2 {
+                for j in 0..w2 {
+                    cells[i * w2 + j] = u8::from(j <= i);
+                }
+            }
+        }
+        let mut runs = 0;
+        for start in (0..rows).step_by(w2.max(1)) {
+            let m = (rows - start).min(w2);
+            state.boundaries[input].view_mut::<f32>().ok_or_else(bad)?[..m * d]
+                .copy_from_slice(&chunk_in[start * d..(start + m) * d]);
+            state.boundaries[b.positions.0]
+                .view_mut::<i32>()
+                .ok_or_else(bad)?[..m]
+                .copy_from_slice(&positions[start..start + m]);
+            let params = ExecParams {
+                n_valid: m,
+                past_len: past_len + start,
+            };
+            exes[g2].blocks[block].run(state, &params)?;
+            chunk_out[start * d..(start + m) * d]
+                .copy_from_slice(&state.boundaries[output].view::<f32>().ok_or_else(bad)?[..m * d]);
+            runs += 1;
+        }
+        // The next block reads the whole chunk's rows and positions.
+        state.boundaries[output].view_mut::<f32>().ok_or_else(bad)?[..rows * d]
+            .copy_from_slice(&chunk_out);
+        state.boundaries[input].view_mut::<f32>().ok_or_else(bad)?[..rows * d]
+            .copy_from_slice(&chunk_in);
+        state.boundaries[b.positions.0]
+            .view_mut::<i32>()
+            .ok_or_else(bad)?[..rows]
+            .copy_from_slice(&positions);
+        Ok(runs)
+    }
+
+    /// A causal pass of at most the verify width, on verify bucket `g2`
+    /// (a lower-triangular tree mask).
+    pub(crate) fn run_causal_on_g2(
+        &self,
+        state: &mut SessionState,
+        g2: usize,
+        tokens: &[u32],
+        past_len: usize,
+        wanted: LogitsWanted,
+        logits_out: &mut Vec<f32>,
+    ) -> Result<()> {
+        let n = tokens.len();
+        let mask: Vec<u8> = (0..n * n).map(|k| u8::from(k % n <= k / n)).collect();
+        let mut exes = self.executables()?;
+        self.run_bucket(
+            &mut exes[g2],
+            state,
+            tokens,
+            Positions::Sequential(past_len),
+            Some(&mask),
+            past_len,
+            Some(wanted),
+            logits_out,
+        )
     }
 
     fn bucket_index(&self, kind: BucketKind, n: usize) -> Result<usize> {
@@ -673,6 +857,49 @@ fn prefault(file: &GgufFile, progress: &mut impl FnMut(LoadProgress)) {
         });
     }
     std::hint::black_box((sum, started));
+}
+
+/// Which graphs each block swaps, and the starting residency: with one
+/// graph per block, only the prefill graphs stay loaded.
+fn switch_state(
+    plan: &Plan,
+    qnn: Option<&coordgen_qnn::QnnBackend>,
+    options: &EngineOptions,
+) -> Result<crate::progressive::SwitchState> {
+    use crate::progressive::{BlockGroups, Switching};
+    use crate::schedule::GraphKind;
+    let n_blocks = plan.buckets.first().map_or(0, |b| b.blocks.len());
+    let mut groups = vec![BlockGroups::default(); n_blocks];
+    if let Some(qnn) = qnn {
+        // Only saved groups can be unloaded and loaded back.
+        if qnn.groups().iter().all(|g| g.is_saved()) {
+            for bucket in &plan.buckets {
+                for (b, block) in bucket.blocks.iter().enumerate() {
+                    if let (Some(group), Some(slot)) = (qnn.group(&block.name), groups.get_mut(b)) {
+                        match bucket.kind {
+                            BucketKind::Prefill => slot.g1.push(group),
+                            BucketKind::Verify => slot.g2.push(group),
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if options.switching != Switching::BothResident {
+        for g in &groups {
+            for group in &g.g2 {
+                group.unload()?;
+            }
+        }
+    }
+    Ok(crate::progressive::SwitchState {
+        mode: options.switching,
+        start_override: options.switch_from,
+        resident: vec![GraphKind::G1; n_blocks],
+        groups,
+        profile: None,
+        recording: None,
+    })
 }
 
 /// Starts the QNN backend: loads the library, sets the SoC, and opens the

@@ -10,6 +10,7 @@ mod engine;
 pub mod error;
 pub mod gguf;
 pub mod model;
+mod progressive;
 pub mod sampler;
 pub mod schedule;
 mod session;
@@ -23,6 +24,7 @@ pub use coordgen_qnn as qnn;
 pub use coordgen_qnn::{GraphScope, Soc, WeightFormat};
 pub use engine::{AcceleratorReport, Engine, EngineOptions, LoadProgress, QnnOptions};
 pub use error::{Error, Result};
+pub use progressive::Switching;
 pub use sampler::{Sampler, SamplerConfig};
 pub use session::{
     Drafting, GenerateParams, Generation, Session, SpecConfig, SpecStats, SpecStep, StopReason,

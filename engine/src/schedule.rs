@@ -73,6 +73,12 @@ pub enum Event {
         start_ms: f64,
         end_ms: f64,
     },
+    /// A decode or verification pass of `rows` rows after prefill.
+    Pass {
+        rows: usize,
+        start_ms: f64,
+        end_ms: f64,
+    },
 }
 
 impl Event {
@@ -80,7 +86,8 @@ impl Event {
         match *self {
             Event::Compute { start_ms, .. }
             | Event::Load { start_ms, .. }
-            | Event::Stall { start_ms, .. } => start_ms,
+            | Event::Stall { start_ms, .. }
+            | Event::Pass { start_ms, .. } => start_ms,
         }
     }
 
@@ -88,7 +95,8 @@ impl Event {
         match *self {
             Event::Compute { end_ms, .. }
             | Event::Load { end_ms, .. }
-            | Event::Stall { end_ms, .. } => end_ms,
+            | Event::Stall { end_ms, .. }
+            | Event::Pass { end_ms, .. } => end_ms,
         }
     }
 }
@@ -314,6 +322,48 @@ fn simulate(input: &ScheduleInput, start: usize) -> Schedule {
     }
 }
 
+/// A recorded timeline as a [`Schedule`]: prefill ends with the last
+/// block run, decoding is ready once the last load is done too.
+pub fn from_events(name: &'static str, events: Vec<Event>) -> Schedule {
+    let prefill_end = events
+        .iter()
+        .filter(|e| matches!(e, Event::Compute { .. }))
+        .map(Event::end_ms)
+        .fold(0.0, f64::max);
+    let loads_end = events
+        .iter()
+        .filter(|e| matches!(e, Event::Load { .. } | Event::Stall { .. }))
+        .map(Event::end_ms)
+        .fold(0.0, f64::max);
+    let stall = events
+        .iter()
+        .map(|e| match *e {
+            Event::Stall {
+                start_ms, end_ms, ..
+            } => end_ms - start_ms,
+            _ => 0.0,
+        })
+        .sum();
+    let order = events
+        .iter()
+        .filter_map(|e| match *e {
+            Event::Load { block, .. } => Some(block),
+            _ => None,
+        })
+        .collect();
+    let end = events.iter().map(Event::end_ms).fold(0.0, f64::max);
+    Schedule {
+        name,
+        events,
+        prefill_end_ms: prefill_end,
+        ready_ms: prefill_end.max(loads_end).max(end),
+        stall_ms: stall,
+        g2_overhead_ms: 0.0,
+        peak_resident_graphs: 0,
+        switch_order: order,
+    }
+}
+
 /// Draws schedules one above the other as a Gantt chart: per schedule, a
 /// compute lane (G1 blue, G2 green, stalls red) and a load lane (orange).
 pub fn timeline_svg(title: &str, schedules: &[&Schedule]) -> String {
@@ -358,6 +408,7 @@ pub fn timeline_svg(title: &str, schedules: &[&Schedule]) -> String {
                     format!("c{chunk} b{block}"),
                 ),
                 Event::Stall { block, .. } => (0.0, "#e45756", format!("stall b{block}")),
+                Event::Pass { rows, .. } => (0.0, "#b279a2", format!("pass of {rows} rows")),
                 Event::Load { block, .. } => (lane, "#f58518", format!("load b{block}")),
             };
             let (x0, x1) = (x(e.start_ms()), x(e.end_ms()));
@@ -383,7 +434,7 @@ pub fn timeline_svg(title: &str, schedules: &[&Schedule]) -> String {
     svg += &format!(
         "<line x1=\"{left}\" y1=\"{axis}\" x2=\"{:.1}\" y2=\"{axis}\" stroke=\"black\"/>\n\
          <text x=\"{left}\" y=\"{:.1}\">0</text><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{:.0} ms</text>\n\
-         <text x=\"{:.1}\" y=\"{:.1}\">G1 compute: blue, G2 compute: green, load: orange, stall: red</text>\n</svg>\n",
+         <text x=\"{:.1}\" y=\"{:.1}\">G1 compute: blue, G2 compute: green, load: orange, stall: red, decode/verify pass: purple</text>\n</svg>\n",
         left + width,
         axis + 15.0,
         left + width,

@@ -342,3 +342,78 @@ fn default_model_logit_error() {
         assert!(err < 0.1);
     }
 }
+
+#[test]
+fn switching_schedules_on_qnn_give_the_same_logits_with_one_graph_per_block() {
+    use coordgen::schedule::{Event, GraphKind};
+    use coordgen::Switching;
+    let Some(folder) = coordgen_tests::qnn_folder() else {
+        return;
+    };
+    let dir = scratch("switching");
+    let model = tiny_model(&dir);
+    let cache = dir.join("contexts");
+    let options = |switching| EngineOptions {
+        layers_per_block: 1,
+        switching,
+        ..options(Some(qnn_options(&folder, Some(&cache))))
+    };
+    // The cache entry (one group per bucket and block) is written once.
+    drop(Engine::load(&model, options(Switching::BothResident)).unwrap());
+    let prompt: Vec<u32> = (0..20).map(|i| (i * 5 + 1) % 96).collect();
+    let run = |engine: &Engine| {
+        let mut session = engine.session();
+        let mut all = session.append_all_logits(&prompt).unwrap();
+        for t in [4u32, 40] {
+            session.append(&[t]).unwrap();
+            all.extend_from_slice(session.logits());
+        }
+        all
+    };
+    let both = Engine::load(&model, options(Switching::BothResident)).unwrap();
+    let want = run(&both);
+    drop(both);
+    // Naive, progressive as planned from the measured costs, and
+    // progressive forced to switch from the first block boundary on.
+    for (mode, from) in [
+        (Switching::Naive, None),
+        (Switching::Progressive, None),
+        (Switching::Progressive, Some(0)),
+    ] {
+        let engine = Engine::load(&model, options(mode)).unwrap();
+        engine.set_switching(mode, from).unwrap();
+        engine.start_timeline().unwrap();
+        let got = run(&engine);
+        let events = engine.take_timeline().unwrap();
+        let loads = events
+            .iter()
+            .filter(|e| matches!(e, Event::Load { .. }))
+            .count();
+        assert_eq!(loads, 2, "{mode:?}: one G2 load per block: {events:?}");
+        let err = relative_rms(&got, &want);
+        let g2 = events
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    Event::Compute {
+                        graph: GraphKind::G2,
+                        ..
+                    }
+                )
+            })
+            .count();
+        eprintln!(
+            "{mode:?}: {g2} block runs on G2 sub-chunks; logits relative RMS {err:.2e} against both resident"
+        );
+        // The HTP computes each row alone: G2 sub-chunks give G1's values.
+        assert_eq!(got, want, "{mode:?}");
+        if from == Some(0) {
+            assert!(g2 > 0, "the schedule ran no block on G2: {events:?}");
+        }
+        // One resident graph per block: after prefill, every block's G2.
+        let residency = engine.residency().unwrap();
+        assert_eq!(residency, vec![(false, true); 2], "{mode:?}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
