@@ -175,9 +175,9 @@ pub enum Error {
 
     // === Model, graph and backend ===
     #[error("graph compiler: {0}")]
-    Graph(#[from] coordgen_graph::Error),
+    Graph(coordgen_graph::Error),
     #[error("CPU backend: {0}")]
-    Cpu(#[from] coordgen_cpu::Error),
+    Cpu(coordgen_cpu::Error),
     /// The QNN backend could not start (a missing or broken library names
     /// its folder and how to fill it) or failed a call.
     #[error("QNN backend: {0}")]
@@ -214,10 +214,22 @@ pub enum Error {
 /// Result alias for the engine.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-// By hand, not `#[from]`: the message already holds the QNN error, and a
-// `source()` would print it twice in an error chain.
+// By hand, not `#[from]`: the message already holds the wrapped error, and
+// a `source()` would print it twice in an error chain.
 impl From<coordgen_qnn::Error> for Error {
     fn from(e: coordgen_qnn::Error) -> Self {
         Error::Qnn(e)
+    }
+}
+
+impl From<coordgen_graph::Error> for Error {
+    fn from(e: coordgen_graph::Error) -> Self {
+        Error::Graph(e)
+    }
+}
+
+impl From<coordgen_cpu::Error> for Error {
+    fn from(e: coordgen_cpu::Error) -> Self {
+        Error::Cpu(e)
     }
 }

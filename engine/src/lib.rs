@@ -24,7 +24,7 @@ pub use coordgen_qnn as qnn;
 pub use coordgen_qnn::{GraphScope, Soc, WeightFormat};
 pub use engine::{AcceleratorReport, Engine, EngineOptions, LoadProgress, QnnOptions};
 pub use error::{Error, Result};
-pub use progressive::Switching;
+pub use progressive::{Switching, Timeline};
 pub use sampler::{Sampler, SamplerConfig};
 pub use session::{
     Drafting, GenerateParams, Generation, Session, SpecConfig, SpecStats, SpecStep, StopReason,

@@ -84,6 +84,17 @@ pub(crate) struct SwitchState {
 pub(crate) struct Recording {
     pub epoch: Instant,
     pub events: Vec<Event>,
+    /// Most bytes of graph binaries resident at once.
+    pub peak_graph_bytes: u64,
+}
+
+/// A recorded request: what [`Engine::take_timeline`] returns.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct Timeline {
+    pub events: Vec<Event>,
+    /// Most bytes of compiled graphs resident at once while recording (the
+    /// sizes of their context binaries; 0 on the CPU).
+    pub peak_resident_graph_bytes: u64,
 }
 
 impl SwitchState {
@@ -105,6 +116,16 @@ fn load_groups(groups: &[Arc<GraphGroup>]) -> std::result::Result<Duration, Stri
         total += g.load().map_err(|e| e.to_string())?;
     }
     Ok(total)
+}
+
+/// Bytes of the graph binaries resident now.
+fn resident_graph_bytes(groups: &[BlockGroups]) -> u64 {
+    groups
+        .iter()
+        .flat_map(|g| g.g1.iter().chain(&g.g2))
+        .filter(|g| g.is_loaded())
+        .map(|g| g.binary_bytes())
+        .sum()
 }
 
 fn unload_groups(groups: &[Arc<GraphGroup>]) -> Result<()> {
@@ -157,32 +178,70 @@ impl Engine {
     /// Starts recording a timeline of the passes (chunk runs per block,
     /// loads, stalls, verification passes).
     pub fn start_timeline(&self) -> Result<()> {
-        self.switch_state()?.recording = Some(Recording {
+        let mut s = self.switch_state()?;
+        let resident = resident_graph_bytes(&s.groups);
+        s.recording = Some(Recording {
             epoch: Instant::now(),
             events: Vec::new(),
+            peak_graph_bytes: resident,
         });
         Ok(())
     }
 
-    /// Stops recording and returns the events.
-    pub fn take_timeline(&self) -> Result<Vec<Event>> {
+    /// Stops recording and returns the timeline.
+    pub fn take_timeline(&self) -> Result<Timeline> {
         Ok(self
             .switch_state()?
             .recording
             .take()
-            .map(|r| r.events)
+            .map(|r| Timeline {
+                events: r.events,
+                peak_resident_graph_bytes: r.peak_graph_bytes,
+            })
             .unwrap_or_default())
+    }
+
+    /// Notes the graph bytes resident now in the recording's peak.
+    fn note_residency(&self) -> Result<()> {
+        let mut s = self.switch_state()?;
+        let resident = resident_graph_bytes(&s.groups);
+        if let Some(r) = s.recording.as_mut() {
+            r.peak_graph_bytes = r.peak_graph_bytes.max(resident);
+        }
+        Ok(())
     }
 
     /// The per-block costs the schedule plans with, measuring them first
     /// if needed (each block's G1 and G2 run once on scratch buffers; each
     /// block's G2 loads once).
+    ///
+    /// With a context-binary cache the profile is kept in the cache entry,
+    /// per thread count, so a machine measures each model and plan once.
     pub fn switch_profile(&self) -> Result<Vec<BlockCosts>> {
         let known = self.switch_state()?.profile.clone();
         if let Some(p) = known {
             return Ok(p);
         }
-        let profile = self.measure_switch_profile()?;
+        let file = self
+            .accelerator_report()
+            .and_then(|r| r.cache_entry.clone())
+            .map(|entry| entry.join(format!("switch-profile-t{}.json", self.threads())));
+        let cached = file
+            .as_ref()
+            .and_then(|f| std::fs::read_to_string(f).ok())
+            .and_then(|text| serde_json::from_str::<Vec<BlockCosts>>(&text).ok())
+            .filter(|p| Some(p.len()) == self.inner.plan.buckets.first().map(|b| b.blocks.len()));
+        let profile = match cached {
+            Some(p) => p,
+            None => {
+                let p = self.measure_switch_profile()?;
+                if let (Some(f), Ok(text)) = (&file, serde_json::to_string(&p)) {
+                    // A cache: failing to write it only costs a measurement.
+                    let _ = std::fs::write(f, text);
+                }
+                p
+            }
+        };
         self.switch_state()?.profile = Some(profile.clone());
         Ok(profile)
     }
@@ -279,7 +338,10 @@ impl Engine {
             return false;
         };
         let _ = n;
-        s.mode != Switching::BothResident && (s.swappable() || s.start_override.is_some())
+        // A recording goes through here too, so that every schedule (and
+        // the CPU) shows its block runs.
+        s.recording.is_some()
+            || (s.mode != Switching::BothResident && (s.swappable() || s.start_override.is_some()))
     }
 
     /// A causal pass under the switching schedule; see the module docs.
@@ -296,13 +358,16 @@ impl Engine {
         let plan = &self.inner.plan;
         let (w1, w2) = (plan.buckets[g1].width, plan.buckets[g2].width);
         let n_blocks = plan.buckets[g1].blocks.len();
+        let mode = self.switching();
+        // Both graphs resident: nothing loads or unloads, decoding runs on G2.
+        let both = mode == Switching::BothResident;
         let all_on_g2 = self
             .switch_state()?
             .resident
             .iter()
             .all(|&r| r == GraphKind::G2);
         // A decode step or a short append once switched: one G2 pass.
-        if all_on_g2 && tokens.len() <= w2 {
+        if (all_on_g2 || both) && tokens.len() <= w2 {
             let started = Instant::now();
             self.run_causal_on_g2(state, g2, tokens, past_len, wanted, logits_out)?;
             self.record(|epoch| Event::Pass {
@@ -315,13 +380,19 @@ impl Engine {
         }
         // Prefill needs every block on G1 first (after an earlier request
         // switched them): switch back, waiting.
-        self.switch_back_to_g1()?;
+        if !both {
+            self.switch_back_to_g1()?;
+        }
 
         let chunk_rows: Vec<usize> = tokens.chunks(w1).map(<[u32]>::len).collect();
-        let mode = self.switching();
         let start_override = self.switch_state()?.start_override;
+        let nothing_loads = !self.switch_state()?.swappable();
         let start = match (mode, start_override) {
+            (Switching::BothResident, _) => usize::MAX,
             (_, Some(start)) => start,
+            // Nothing to hide (the CPU): switching early would only trade
+            // G1 runs for G2 sub-chunks.
+            (_, None) if nothing_loads => chunk_rows.len() * n_blocks,
             (Switching::Naive, None) => chunk_rows.len() * n_blocks,
             _ => {
                 let input = ScheduleInput {
@@ -372,7 +443,9 @@ impl Engine {
                 result.map_err(|m| Error::InvalidModel(format!("loading block {block}: {m}")))?;
                 self.switch_state()?.resident[block] = GraphKind::G2;
                 *next = block.checked_sub(1);
-                if let Some(epoch) = epoch {
+                self.note_residency()?;
+                let loaded = t1 > t0;
+                if let (Some(epoch), true) = (epoch, loaded) {
                     self.record(|_| Event::Load {
                         block,
                         start_ms: ms_since(epoch, t0),
@@ -381,7 +454,7 @@ impl Engine {
                 }
                 Ok(())
             };
-            let swappable = groups.iter().any(|g| !g.g2.is_empty());
+            let swappable = !both && groups.iter().any(|g| !g.g2.is_empty());
             let mut done_rows = 0;
             for position in 0..=boundaries {
                 if in_flight.is_some() {
@@ -434,7 +507,7 @@ impl Engine {
                         end_ms: ms_since(epoch, Instant::now()),
                     })?;
                 }
-                let on_g2 = self.switch_state()?.resident[b] == GraphKind::G2;
+                let on_g2 = !both && self.switch_state()?.resident[b] == GraphKind::G2;
                 let started = Instant::now();
                 let runs = if on_g2 {
                     self.run_block_on_g2(state, &mut exes, g2, b, rows, past_len + chunk_start)?
@@ -503,6 +576,12 @@ impl Engine {
         })
     }
 
+    /// Puts every block back on its prefill graph (G1) now, as the next
+    /// prefill would first (after an earlier request switched them to G2).
+    pub fn restore_prefill_graphs(&self) -> Result<()> {
+        self.switch_back_to_g1()
+    }
+
     /// Every block back on G1, loading in turn (after an earlier request).
     fn switch_back_to_g1(&self) -> Result<()> {
         let (groups, resident) = {
@@ -519,7 +598,8 @@ impl Engine {
                 load_groups(&g.g1).map_err(Error::InvalidModel)?;
             }
             self.switch_state()?.resident[b] = GraphKind::G1;
-            self.record(|epoch| Event::Stall {
+            self.note_residency()?;
+            self.record(|epoch| Event::Restore {
                 block: b,
                 start_ms: ms_since(epoch, started),
                 end_ms: ms_since(epoch, Instant::now()),

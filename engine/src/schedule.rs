@@ -15,10 +15,10 @@
 //! [`both_resident`]. Loads are serialized (one in flight), and a block is
 //! never computed while its own load runs.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Measured (or synthetic) costs of one block of layers, in milliseconds.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BlockCosts {
     /// Making the block's G2 resident (context-binary load or finalize).
     pub load_g2_ms: f64,
@@ -40,14 +40,14 @@ pub struct ScheduleInput {
 }
 
 /// The graph a block runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum GraphKind {
     G1,
     G2,
 }
 
 /// One interval of a timeline.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Event {
     /// Block `block` runs prefill chunk `chunk` on `graph` (`runs` calls:
@@ -73,6 +73,13 @@ pub enum Event {
         start_ms: f64,
         end_ms: f64,
     },
+    /// Before a prefill, a block that an earlier request left on G2 gets
+    /// its G1 back (the compute lane waits).
+    Restore {
+        block: usize,
+        start_ms: f64,
+        end_ms: f64,
+    },
     /// A decode or verification pass of `rows` rows after prefill.
     Pass {
         rows: usize,
@@ -87,6 +94,7 @@ impl Event {
             Event::Compute { start_ms, .. }
             | Event::Load { start_ms, .. }
             | Event::Stall { start_ms, .. }
+            | Event::Restore { start_ms, .. }
             | Event::Pass { start_ms, .. } => start_ms,
         }
     }
@@ -96,6 +104,7 @@ impl Event {
             Event::Compute { end_ms, .. }
             | Event::Load { end_ms, .. }
             | Event::Stall { end_ms, .. }
+            | Event::Restore { end_ms, .. }
             | Event::Pass { end_ms, .. } => end_ms,
         }
     }
@@ -409,6 +418,7 @@ pub fn timeline_svg(title: &str, schedules: &[&Schedule]) -> String {
                 ),
                 Event::Stall { block, .. } => (0.0, "#e45756", format!("stall b{block}")),
                 Event::Pass { rows, .. } => (0.0, "#b279a2", format!("pass of {rows} rows")),
+                Event::Restore { block, .. } => (0.0, "#9d9d9d", format!("G1 back for b{block}")),
                 Event::Load { block, .. } => (lane, "#f58518", format!("load b{block}")),
             };
             let (x0, x1) = (x(e.start_ms()), x(e.end_ms()));
@@ -434,7 +444,7 @@ pub fn timeline_svg(title: &str, schedules: &[&Schedule]) -> String {
     svg += &format!(
         "<line x1=\"{left}\" y1=\"{axis}\" x2=\"{:.1}\" y2=\"{axis}\" stroke=\"black\"/>\n\
          <text x=\"{left}\" y=\"{:.1}\">0</text><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{:.0} ms</text>\n\
-         <text x=\"{:.1}\" y=\"{:.1}\">G1 compute: blue, G2 compute: green, load: orange, stall: red, decode/verify pass: purple</text>\n</svg>\n",
+         <text x=\"{:.1}\" y=\"{:.1}\">G1: blue, G2: green, load: orange, stall: red, decode pass: purple, G1 restored: grey</text>\n</svg>\n",
         left + width,
         axis + 15.0,
         left + width,

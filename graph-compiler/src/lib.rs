@@ -56,10 +56,11 @@ pub enum Error {
     },
     #[error("run parameters out of range for {graph}: {message}")]
     BadParams { graph: String, message: String },
-    #[error("{backend} backend: {source}")]
+    /// A backend's own error. Its text is in the message, not in
+    /// `source()`, so a printed error chain does not repeat it.
+    #[error("{backend} backend: {cause}")]
     Backend {
         backend: &'static str,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
+        cause: Box<dyn std::error::Error + Send + Sync>,
     },
 }

@@ -384,7 +384,7 @@ fn switching_schedules_on_qnn_give_the_same_logits_with_one_graph_per_block() {
         engine.set_switching(mode, from).unwrap();
         engine.start_timeline().unwrap();
         let got = run(&engine);
-        let events = engine.take_timeline().unwrap();
+        let events = engine.take_timeline().unwrap().events;
         let loads = events
             .iter()
             .filter(|e| matches!(e, Event::Load { .. }))

@@ -51,7 +51,7 @@ fn the_logits_do_not_depend_on_where_blocks_switch() {
             .unwrap();
         engine.start_timeline().unwrap();
         let got = run(&engine);
-        let events = engine.take_timeline().unwrap();
+        let events = engine.take_timeline().unwrap().events;
         assert_eq!(got, want, "switch from boundary {start}");
         // Blocks that switched before the end ran sub-chunks on G2.
         let g2_runs = events

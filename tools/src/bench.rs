@@ -10,13 +10,13 @@
 //!   plain decoding over a Spec-Bench style prompt file; see
 //!   [`crate::bench_workload`].
 
-use crate::common::{load_engine, user_message, ModelArgs};
+use crate::common::{load_engine, ModelArgs};
 use crate::run::SpecMethod;
 use crate::run::{DraftingArg, DEFAULT_VERIFY_WIDTH};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use coordgen::tokenizer::TokenKind;
-use coordgen::{ChatMessage, Engine, GenerateParams, SamplerConfig, Session};
+use coordgen::{ChatMessage, Engine, GenerateParams, SamplerConfig, Session, Switching};
 use serde_json::{json, Value};
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -69,7 +69,8 @@ Examples:
   coordgen bench --verify-widths 1,2,4,8,16,32 --depth 1024 --repeat 3 --plot verify.svg
   coordgen bench --prefill 128 --decode 128 --verify-widths 1,4,8 --json-out bench.json
   coordgen bench --workload tools/workloads/example.jsonl --spec none,pld,sam -n 128
-  coordgen bench --workload prompts.jsonl --limit 5 --verify-width 16 --plot spec.svg";
+  coordgen bench --workload prompts.jsonl --limit 5 --verify-width 16 --plot spec.svg
+  coordgen bench --backend qnn --context-tokens 512 -n 8 --timeline switch.svg --json";
 
 /// Arguments that choose another mode than workload mode.
 const NOT_WORKLOAD: [&str; 6] = [
@@ -198,6 +199,25 @@ pub struct BenchArgs {
     /// Write the results as JSON to this file
     #[arg(long, value_name = "FILE")]
     pub json_out: Option<PathBuf>,
+    /// Record one request under each --switching schedule (block runs per
+    /// prefill chunk, graph loads, stalls, decode passes) and draw the
+    /// timelines side by side as an SVG Gantt chart here
+    #[arg(long, value_name = "FILE.svg", help_heading = "Timeline mode", conflicts_with_all = SYNTHETIC)]
+    pub timeline: Option<PathBuf>,
+    /// Graph-switching schedules to record: naive, progressive, both
+    #[arg(
+        long,
+        value_name = "S,S,..",
+        value_delimiter = ',',
+        default_value = "naive,progressive",
+        value_parser = parse_switching,
+        requires = "timeline",
+        help_heading = "Timeline mode"
+    )]
+    pub switching: Vec<Switching>,
+    /// Cut the context to its first N tokens (e.g. 512)
+    #[arg(long, value_name = "N", help_heading = "Context mode", conflicts_with_all = SYNTHETIC)]
+    pub context_tokens: Option<usize>,
     /// Write an SVG bar chart (median, min-max whiskers; workload mode: speedup per category and method)
     #[arg(long, value_name = "FILE")]
     pub plot: Option<PathBuf>,
@@ -227,7 +247,15 @@ impl BenchArgs {
     }
 }
 
+fn parse_switching(s: &str) -> std::result::Result<Switching, String> {
+    Switching::parse(s).ok_or_else(|| format!("unknown schedule {s:?} (naive, progressive, both)"))
+}
+
 pub fn bench(args: BenchArgs) -> Result<()> {
+    if let Some(path) = &args.timeline {
+        let (result, _svg) = crate::bench_timeline::timeline_mode(&args, path)?;
+        return write_results(&args, &result, "");
+    }
     if let Some(path) = &args.workload {
         let outcome = crate::bench_workload::workload_mode(&args, path)?;
         write_results(&args, &outcome.result, &outcome.chart)?;
@@ -269,7 +297,7 @@ fn write_results(args: &BenchArgs, result: &Value, chart: &str) -> Result<()> {
 
 impl BenchArgs {
     /// The context files, defaulting to the demo document.
-    fn context_files(&self) -> Vec<PathBuf> {
+    pub(crate) fn context_files(&self) -> Vec<PathBuf> {
         let mut context = self.context.clone();
         if context.is_empty() {
             let demo = PathBuf::from("tools/demo-context.md");
@@ -941,7 +969,7 @@ fn context_mode(context: Vec<PathBuf>, args: &BenchArgs, repeat: usize) -> Resul
     let engine = load_engine(&args.model, args.json)?;
     let tokens = chat_prompt(
         &engine,
-        user_message(&context, &args.prompt)?,
+        crate::bench_timeline::context_message(&engine, args)?,
         args.max_tokens,
     )?;
     let params = GenerateParams {

@@ -1,6 +1,7 @@
 //! `coordgen`: run, chat with, benchmark, inspect and compile GGUF models.
 
 mod bench;
+mod bench_timeline;
 mod bench_workload;
 mod common;
 mod cost_cache;

@@ -111,3 +111,56 @@ fn too_deep_is_a_clear_error() {
         "{stderr}"
     );
 }
+
+#[test]
+fn the_timeline_mode_records_each_schedule_and_draws_them() {
+    let Some(model) = coordgen_tests::default_model() else {
+        return;
+    };
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("timeline");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let svg = dir.join("switch.svg");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_coordgen"))
+        .args([
+            "bench",
+            "--model",
+            model.to_str().unwrap(),
+            "--threads",
+            "1",
+        ])
+        .arg("--context")
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("demo-context.md"))
+        .args(["--context-tokens", "64", "-n", "2", "--json"])
+        .args(["--switching", "naive,progressive"])
+        .arg("--timeline")
+        .arg(&svg)
+        .output()
+        .expect("running coordgen");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&output.stdout).expect("one JSON object");
+    for key in ["naive_stall_ms", "progressive_stall_ms", "peak_rss_bytes"] {
+        assert!(v[key].is_number(), "{key}: {v}");
+    }
+    let runs = v["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    for run in runs {
+        // Each schedule ran alone, with its own peak RSS and a prefill of
+        // block runs followed by decode passes.
+        assert!(run["peak_rss_bytes"].as_u64().unwrap() > 0);
+        let events = run["events"].as_array().unwrap();
+        assert!(events.iter().any(|e| e["kind"] == "compute"));
+        assert_eq!(
+            events.iter().filter(|e| e["kind"] == "pass").count(),
+            1,
+            "{run}"
+        );
+    }
+    assert_eq!(runs[0]["tokens"], runs[1]["tokens"]);
+    let drawn = std::fs::read_to_string(&svg).unwrap();
+    assert!(drawn.starts_with("<svg") && drawn.contains("progressive"));
+}

@@ -43,7 +43,7 @@ impl From<Error> for coordgen_graph::Error {
     fn from(e: Error) -> Self {
         coordgen_graph::Error::Backend {
             backend: "cpu",
-            source: Box::new(e),
+            cause: Box::new(e),
         }
     }
 }

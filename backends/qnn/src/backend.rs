@@ -522,7 +522,7 @@ impl From<Error> for coordgen_graph::Error {
     fn from(e: Error) -> Self {
         coordgen_graph::Error::Backend {
             backend: "qnn",
-            source: Box::new(e),
+            cause: Box::new(e),
         }
     }
 }

@@ -84,6 +84,15 @@ impl GraphGroup {
         lock(&self.binary).is_some()
     }
 
+    /// Bytes of the saved context binary (what the group holds when
+    /// resident, about), or 0 before it is saved.
+    pub fn binary_bytes(&self) -> u64 {
+        lock(&self.binary)
+            .as_ref()
+            .and_then(|p| std::fs::metadata(p).ok())
+            .map_or(0, |m| m.len())
+    }
+
     /// The graphs' names, in creation order.
     pub fn graph_names(&self) -> Vec<String> {
         lock(&self.io).1.clone()
