@@ -499,7 +499,7 @@ impl Engine {
             });
         }
         logits_out.clear();
-        if matches!(attend, Attend::Causal) && self.scheduled(tokens.len()) {
+        if matches!(attend, Attend::Causal) && self.scheduled() {
             return self.forward_scheduled(state, tokens, past_len, wanted, logits_out, progress);
         }
         let mut exes = self.executables()?;

@@ -331,13 +331,12 @@ impl Engine {
         Ok(costs)
     }
 
-    /// Whether a causal pass of `n` tokens runs under the switching
-    /// machinery (rather than the plain chunk loop).
-    pub(crate) fn scheduled(&self, n: usize) -> bool {
+    /// Whether causal passes run under the switching machinery (rather
+    /// than the plain chunk loop).
+    pub(crate) fn scheduled(&self) -> bool {
         let Ok(s) = self.switch_state() else {
             return false;
         };
-        let _ = n;
         // A recording goes through here too, so that every schedule (and
         // the CPU) shows its block runs.
         s.recording.is_some()
@@ -463,7 +462,10 @@ impl Engine {
                         finish(msg, &mut next)?;
                     }
                 }
-                if position >= start && in_flight.is_none() {
+                // A block about to run would wait for its own load: start
+                // that load after it, under the blocks that follow.
+                let due = (position < boundaries).then_some(position % n_blocks);
+                if position >= start && in_flight.is_none() && next != due {
                     if let Some(j) = next {
                         if swappable {
                             // G1 goes first: one resident graph per block.

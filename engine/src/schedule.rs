@@ -245,7 +245,9 @@ fn simulate(input: &ScheduleInput, start: usize) -> Schedule {
     let boundaries = input.chunk_rows.len() * n;
     for position in 0..=boundaries {
         settle(t, &mut in_flight, &mut next, &mut on_g2, &mut order);
-        if position >= start && in_flight.is_none() {
+        // A block about to run waits for its own load: start it after.
+        let due = (position < boundaries).then_some(position % n);
+        if position >= start && in_flight.is_none() && next != due {
             if let Some(j) = next {
                 let load = input.blocks[j].load_g2_ms;
                 // G1 goes first: one resident graph per block.
