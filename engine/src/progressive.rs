@@ -454,6 +454,22 @@ impl Engine {
                 Ok(())
             };
             let swappable = !both && groups.iter().any(|g| !g.g2.is_empty());
+            // Hands block `j`'s G2 to the loader (its G1 goes first: one
+            // resident graph per block) and returns it as in flight; with
+            // nothing to load, the block is switched at once.
+            let start_load = |j: usize, next: &mut Option<usize>| -> Result<Option<usize>> {
+                if swappable {
+                    unload_groups(&groups[j].g1)?;
+                    to_loader
+                        .send((j, groups[j].g2.clone()))
+                        .map_err(|_| Error::InvalidModel("the graph loader stopped".into()))?;
+                    Ok(Some(j))
+                } else {
+                    let now = Instant::now();
+                    finish((j, now, now, Ok(Duration::ZERO)), next)?;
+                    Ok(None)
+                }
+            };
             let mut done_rows = 0;
             for position in 0..=boundaries {
                 if in_flight.is_some() {
@@ -467,18 +483,7 @@ impl Engine {
                 let due = (position < boundaries).then_some(position % n_blocks);
                 if position >= start && in_flight.is_none() && next != due {
                     if let Some(j) = next {
-                        if swappable {
-                            // G1 goes first: one resident graph per block.
-                            unload_groups(&groups[j].g1)?;
-                            to_loader.send((j, groups[j].g2.clone())).map_err(|_| {
-                                Error::InvalidModel("the graph loader stopped".into())
-                            })?;
-                            in_flight = Some(j);
-                        } else {
-                            // Nothing to load on this backend: switched at once.
-                            let now = Instant::now();
-                            finish((j, now, now, Ok(Duration::ZERO)), &mut next)?;
-                        }
+                        in_flight = start_load(j, &mut next)?;
                     }
                 }
                 if position == boundaries {
@@ -553,7 +558,6 @@ impl Engine {
                         .recv()
                         .map_err(|_| Error::InvalidModel("the graph loader stopped".into()))?;
                     let block = msg.0;
-                    in_flight = None;
                     finish(msg, &mut next)?;
                     self.record(|epoch| Event::Stall {
                         block,
@@ -562,16 +566,7 @@ impl Engine {
                     })?;
                 }
                 let Some(j) = next else { break };
-                if swappable {
-                    unload_groups(&groups[j].g1)?;
-                    to_loader
-                        .send((j, groups[j].g2.clone()))
-                        .map_err(|_| Error::InvalidModel("the graph loader stopped".into()))?;
-                    in_flight = Some(j);
-                } else {
-                    let now = Instant::now();
-                    finish((j, now, now, Ok(Duration::ZERO)), &mut next)?;
-                }
+                in_flight = start_load(j, &mut next)?;
             }
             drop(to_loader);
             Ok(())

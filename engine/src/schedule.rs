@@ -242,6 +242,17 @@ fn simulate(input: &ScheduleInput, start: usize) -> Schedule {
         }
     };
 
+    // Starts block `j`'s load at `now`: its block and when it ends.
+    let start_load = |j: usize, now: f64, events: &mut Vec<Event>| {
+        let end = now + input.blocks[j].load_g2_ms;
+        events.push(Event::Load {
+            block: j,
+            start_ms: now,
+            end_ms: end,
+        });
+        (j, end)
+    };
+
     let boundaries = input.chunk_rows.len() * n;
     for position in 0..=boundaries {
         settle(t, &mut in_flight, &mut next, &mut on_g2, &mut order);
@@ -249,14 +260,8 @@ fn simulate(input: &ScheduleInput, start: usize) -> Schedule {
         let due = (position < boundaries).then_some(position % n);
         if position >= start && in_flight.is_none() && next != due {
             if let Some(j) = next {
-                let load = input.blocks[j].load_g2_ms;
                 // G1 goes first: one resident graph per block.
-                events.push(Event::Load {
-                    block: j,
-                    start_ms: t,
-                    end_ms: t + load,
-                });
-                in_flight = Some((j, t + load));
+                in_flight = Some(start_load(j, t, &mut events));
             }
         }
         if position == boundaries {
@@ -309,13 +314,7 @@ fn simulate(input: &ScheduleInput, start: usize) -> Schedule {
         }
         match next {
             Some(j) if in_flight.is_none() && !on_g2[j] => {
-                let load = input.blocks[j].load_g2_ms;
-                events.push(Event::Load {
-                    block: j,
-                    start_ms: t,
-                    end_ms: t + load,
-                });
-                in_flight = Some((j, t + load));
+                in_flight = Some(start_load(j, t, &mut events));
             }
             _ => break,
         }
