@@ -357,14 +357,13 @@ impl Engine {
         let plan = &self.inner.plan;
         let (w1, w2) = (plan.buckets[g1].width, plan.buckets[g2].width);
         let n_blocks = plan.buckets[g1].blocks.len();
-        let mode = self.switching();
+        let (mode, all_on_g2, start_override) = {
+            let s = self.switch_state()?;
+            let all_on_g2 = s.resident.iter().all(|&r| r == GraphKind::G2);
+            (s.mode, all_on_g2, s.start_override)
+        };
         // Both graphs resident: nothing loads or unloads, decoding runs on G2.
         let both = mode == Switching::BothResident;
-        let all_on_g2 = self
-            .switch_state()?
-            .resident
-            .iter()
-            .all(|&r| r == GraphKind::G2);
         // A decode step or a short append once switched: one G2 pass.
         if (all_on_g2 || both) && tokens.len() <= w2 {
             let started = Instant::now();
@@ -384,7 +383,6 @@ impl Engine {
         }
 
         let chunk_rows: Vec<usize> = tokens.chunks(w1).map(<[u32]>::len).collect();
-        let start_override = self.switch_state()?.start_override;
         let nothing_loads = !self.switch_state()?.swappable();
         let start = match (mode, start_override) {
             (Switching::BothResident, _) => usize::MAX,

@@ -113,6 +113,14 @@ pub enum KvHalf {
     V,
 }
 
+impl KvHalf {
+    /// The index of `layer`'s half in a session's [`KvCache`](crate::KvCache):
+    /// `2 · layer` for K, `2 · layer + 1` for V.
+    pub fn index(self, layer: usize) -> usize {
+        2 * layer + usize::from(self == KvHalf::V)
+    }
+}
+
 /// Where a tensor's memory comes from.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub enum TensorKind {

@@ -3,8 +3,8 @@
 use crate::team::{FailFlag, PhaseCell, SpinBarrier, TeamPool, WorkSplit};
 use crate::Error;
 use coordgen_graph::{
-    memory, DType, ExecParams, Executable, KvHalf, MaskKind, Op, RowSelection, SessionState,
-    Subgraph, TensorDecl, TensorId, TensorKind, WeightBytes, WeightSource,
+    memory, DType, ExecParams, Executable, MaskKind, Op, RowSelection, SessionState, Subgraph,
+    TensorDecl, TensorId, TensorKind, WeightBytes, WeightSource,
 };
 use coordgen_kernels::{
     matmul, AttentionJob, AttentionShape, BlockQ4K, BlockQ4_0, BlockQ4_0x8, BlockQ4_1, BlockQ4_1x8,
@@ -283,9 +283,7 @@ impl CpuExecutable {
                     Place::Weight(bound.len() - 1)
                 }
                 TensorKind::Boundary { id } => Place::Boundary(id.0),
-                TensorKind::KvCache { layer, half } => {
-                    Place::Kv(2 * layer + usize::from(*half == KvHalf::V))
-                }
+                TensorKind::KvCache { layer, half } => Place::Kv(half.index(*layer)),
                 TensorKind::Intermediate { offset } => Place::Arena(*offset),
             });
         }

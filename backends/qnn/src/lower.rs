@@ -166,12 +166,9 @@ pub(crate) fn binding(graph: &Subgraph, t: TensorId) -> Result<Binding> {
 fn kv_half(graph: &Subgraph, t: TensorId) -> Result<(usize, bool, usize, usize)> {
     let d = decl(graph, t)?;
     match (&d.kind, d.shape.as_slice()) {
-        (TensorKind::KvCache { layer, half }, &[capacity, kv_dim]) => Ok((
-            2 * layer + usize::from(*half == KvHalf::V),
-            *half == KvHalf::K,
-            capacity,
-            kv_dim,
-        )),
+        (TensorKind::KvCache { layer, half }, &[capacity, kv_dim]) => {
+            Ok((half.index(*layer), *half == KvHalf::K, capacity, kv_dim))
+        }
         _ => Err(lowering_error(
             graph,
             format!("{} is not a KV cache half", d.name),
