@@ -51,6 +51,19 @@ pub struct ExecParams {
     pub past_len: usize,
 }
 
+impl ExecParams {
+    /// Fails with [`Error::BadParams`] unless `1 ..= graph.width` rows are valid.
+    pub fn check(&self, graph: &Subgraph) -> Result<(), Error> {
+        if self.n_valid == 0 || self.n_valid > graph.width {
+            return Err(Error::BadParams {
+                graph: graph.name.clone(),
+                message: format!("{} valid rows in a bucket of {}", self.n_valid, graph.width),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// Host memory for a tensor, 8-byte aligned so it can be viewed as any
 /// element type the IR uses.
 #[derive(Clone, Debug, Default)]

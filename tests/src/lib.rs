@@ -84,3 +84,24 @@ pub fn qnn_folder() -> Option<PathBuf> {
 }
 
 pub mod synthetic;
+
+/// A Vulkan backend with the validation layer on (any validation error
+/// fails the run that caused it), or `None` (after printing why) when a
+/// test may skip; `COORDGEN_REQUIRE_VULKAN=1` (set by `tools/test`) makes
+/// a missing driver or layer fail instead.
+pub fn vulkan() -> Option<coordgen_vulkan::VulkanBackend> {
+    let options = coordgen_vulkan::VulkanOptions {
+        validation: true,
+        ..Default::default()
+    };
+    match coordgen_vulkan::VulkanBackend::new(&options) {
+        Ok(backend) => Some(backend),
+        Err(e) if std::env::var("COORDGEN_REQUIRE_VULKAN").is_ok_and(|v| v == "1") => {
+            panic!("Vulkan with validation is required here: {e}")
+        }
+        Err(e) => {
+            eprintln!("note: skipping, no Vulkan device with validation: {e}");
+            None
+        }
+    }
+}

@@ -5,7 +5,7 @@ use coordgen_graph::{
     lower, names, DType, ModelConfig, Plan, PlanOptions, WeightBytes, WeightCatalog, WeightDesc,
     WeightSource,
 };
-use coordgen_kernels::{kquant, quant, BlockQ4K, BlockQ4_1, BlockQ8_0};
+use coordgen_kernels::{kquant, quant, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ8_0};
 use half::f16;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -57,6 +57,11 @@ pub fn encode(values: &[f32], dtype: DType) -> Vec<u8> {
         DType::Q8_0 => {
             let mut q = vec![BlockQ8_0::default(); values.len() / quant::QK];
             quant::quantize_row_q8_0(values, &mut q);
+            bytemuck::cast_slice(&q).to_vec()
+        }
+        DType::Q4_0 => {
+            let mut q = vec![BlockQ4_0::default(); values.len() / quant::QK];
+            quant::quantize_row_q4_0(values, &mut q);
             bytemuck::cast_slice(&q).to_vec()
         }
         DType::Q4_1 => {

@@ -772,13 +772,7 @@ impl Executable for CpuExecutable {
         state: &mut SessionState,
         params: &ExecParams,
     ) -> Result<(), coordgen_graph::Error> {
-        let width = self.graph.width;
-        if params.n_valid == 0 || params.n_valid > width {
-            return Err(coordgen_graph::Error::BadParams {
-                graph: self.graph.name.clone(),
-                message: format!("{} valid rows in a bucket of {width}", params.n_valid),
-            });
-        }
+        params.check(&self.graph)?;
         self.run_team(state, params).map_err(Into::into)
     }
 }
