@@ -37,6 +37,9 @@ pub struct EngineOptions {
     /// An accelerator for the linear parts of the layers (the CPU runs the
     /// rest, and everything when this is `None`).
     pub accelerator: Option<QnnOptions>,
+    /// A Vulkan GPU for every op it supports (the CPU runs the rest, and
+    /// takes over if the device is lost). Exclusive with `accelerator`.
+    pub gpu: Option<coordgen_vulkan::VulkanOptions>,
     /// How each block's prefill graph gives way to its verify graph on an
     /// accelerator that loads graphs per block (QNN with a context-binary
     /// cache). Elsewhere nothing loads and every mode computes the same.
@@ -104,6 +107,7 @@ impl Default for EngineOptions {
             kernel_tier: None,
             prefault: true,
             accelerator: None,
+            gpu: None,
             switching: crate::progressive::Switching::default(),
             switch_from: None,
         }
@@ -138,6 +142,10 @@ pub(crate) struct Inner {
     /// The accelerator next to the CPU, if any.
     accelerator: Option<coordgen_qnn::QnnBackend>,
     accelerator_report: Option<AcceleratorReport>,
+    /// The Vulkan GPU, if any.
+    gpu: Option<coordgen_vulkan::VulkanBackend>,
+    /// Set once the GPU is lost: every executable runs on the CPU after.
+    gpu_lost: Arc<std::sync::atomic::AtomicBool>,
     /// One forward pass at a time: executables keep scratch between runs.
     executables: Mutex<Vec<BucketExecutables>>,
     /// Verify pass time by width (ms, index = rows), measured once by the
@@ -244,6 +252,18 @@ impl Engine {
             }
         };
         let backend = CpuBackend::with_kernels(kernels, options.threads)?;
+        if options.gpu.is_some() && options.accelerator.is_some() {
+            return Err(Error::InvalidOption {
+                name: "gpu",
+                message: "a Vulkan GPU and the QNN accelerator cannot both run the layers".into(),
+            });
+        }
+        let gpu = match &options.gpu {
+            None => None,
+            Some(o) => Some(coordgen_vulkan::VulkanBackend::new(o)?),
+        };
+        let gpu_lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let shared_weights: Arc<dyn coordgen_graph::WeightSource> = Arc::new(weights.clone());
         let (accelerator, cache_entry) = match &options.accelerator {
             None => (None, None),
             Some(qnn) => {
@@ -263,10 +283,29 @@ impl Engine {
         let mut done = 0u64;
         let mut released = std::collections::HashSet::new();
         let mut split_subgraphs = 0usize;
+        let (mut gpu_pieces, mut gpu_compile_ms) = (0usize, 0f64);
         let mut compile = |g: &coordgen_graph::Subgraph| -> Result<Box<dyn Executable>> {
-            let exe = match &accelerator {
-                None => backend.compile(g, &weights)?,
-                Some(qnn) => {
+            let exe = match (&accelerator, &gpu) {
+                (None, Some(gpu)) => {
+                    let started = std::time::Instant::now();
+                    let backends: [&dyn Backend; 2] = [gpu, &backend];
+                    let pieces = coordgen_graph::partition(g, &backends)?;
+                    if pieces.iter().any(|p| p.backend == 0) && pieces.len() > 1 {
+                        split_subgraphs += 1;
+                    }
+                    gpu_pieces += pieces.iter().filter(|p| p.backend == 0).count();
+                    let primary = coordgen_graph::compile_partitioned(g, &backends, &weights)?;
+                    gpu_compile_ms += started.elapsed().as_secs_f64() * 1e3;
+                    Box::new(crate::fallback::DeviceFallback::new(
+                        primary,
+                        g,
+                        backend.clone(),
+                        shared_weights.clone(),
+                        gpu_lost.clone(),
+                    ))
+                }
+                (None, None) => backend.compile(g, &weights)?,
+                (Some(qnn), _) => {
                     let backends: [&dyn Backend; 2] = [qnn, &backend];
                     let pieces = coordgen_graph::partition(g, &backends)?;
                     if pieces.iter().any(|p| p.backend == 0) && pieces.len() > 1 {
@@ -305,9 +344,10 @@ impl Engine {
                 head_all: compile(&bucket.head_all)?,
             });
         }
-        let accelerator_report = match &accelerator {
-            None => None,
-            Some(qnn) => Some(qnn_report(qnn, cache_entry, split_subgraphs)?),
+        let accelerator_report = match (&accelerator, &gpu) {
+            (Some(qnn), _) => Some(qnn_report(qnn, cache_entry, split_subgraphs)?),
+            (None, Some(gpu)) => Some(gpu_report(gpu, gpu_pieces, split_subgraphs, gpu_compile_ms)),
+            (None, None) => None,
         };
         let switching = switch_state(&plan, accelerator.as_ref(), &options)?;
         Ok(Engine {
@@ -321,6 +361,8 @@ impl Engine {
                 backend,
                 accelerator,
                 accelerator_report,
+                gpu,
+                gpu_lost,
                 executables: Mutex::new(executables),
                 verify_costs: Mutex::new(None),
                 switching: Mutex::new(switching),
@@ -402,6 +444,26 @@ impl Engine {
                 r.backend, r.device, r.weights, r.graphs
             ),
         }
+    }
+
+    /// The Vulkan device in use, if any.
+    pub fn gpu_device(&self) -> Option<&coordgen_vulkan::DeviceInfo> {
+        self.inner.gpu.as_ref().map(|g| g.device())
+    }
+
+    /// Treats the GPU as lost, as after a driver reset: the next run that
+    /// reaches it fails with a lost device and the CPU takes over.
+    pub fn treat_gpu_as_lost(&self) {
+        if let Some(gpu) = &self.inner.gpu {
+            gpu.mark_lost();
+        }
+    }
+
+    /// Whether the GPU was lost and the CPU runs everything now.
+    pub fn gpu_lost(&self) -> bool {
+        self.inner
+            .gpu_lost
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// What the accelerator did at load, if there is one.
@@ -959,6 +1021,32 @@ fn qnn_cache_key(
         model.finish(),
         plan_hash.finish()
     ))
+}
+
+/// The Vulkan backend's load report.
+/// `binary_bytes` holds the weight bytes uploaded, `build_ms` the compile
+/// time (weight uploads and pipeline creation included).
+fn gpu_report(
+    gpu: &coordgen_vulkan::VulkanBackend,
+    graphs: usize,
+    split_subgraphs: usize,
+    compile_ms: f64,
+) -> AcceleratorReport {
+    let device = gpu.device();
+    AcceleratorReport {
+        backend: "vulkan",
+        device: format!(
+            "{} ({}, Vulkan {})",
+            device.name, device.kind, device.api_version
+        ),
+        weights: "as in the file",
+        scope: "every supported op",
+        graphs,
+        split_subgraphs,
+        build_ms: compile_ms,
+        binary_bytes: gpu.weight_bytes(),
+        ..Default::default()
+    }
 }
 
 /// The accelerator's load report; writes the cache entry after a miss.

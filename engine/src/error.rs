@@ -182,6 +182,10 @@ pub enum Error {
     /// its folder and how to fill it) or failed a call.
     #[error("QNN backend: {0}")]
     Qnn(coordgen_qnn::Error),
+    /// The Vulkan backend could not start (no loader, no device, no
+    /// validation layer when asked for) or failed a call.
+    #[error("Vulkan backend: {0}")]
+    Vulkan(coordgen_vulkan::Error),
     /// The model file describes an architecture the graph compiler cannot lower.
     #[error("unsupported model architecture {arch:?} (supported: llama)")]
     UnsupportedArchitecture { arch: String },
@@ -219,6 +223,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl From<coordgen_qnn::Error> for Error {
     fn from(e: coordgen_qnn::Error) -> Self {
         Error::Qnn(e)
+    }
+}
+
+impl From<coordgen_vulkan::Error> for Error {
+    fn from(e: coordgen_vulkan::Error) -> Self {
+        Error::Vulkan(e)
     }
 }
 

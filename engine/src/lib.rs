@@ -8,6 +8,7 @@
 pub mod chat_template;
 mod engine;
 pub mod error;
+mod fallback;
 pub mod gguf;
 pub mod model;
 mod progressive;
@@ -22,6 +23,9 @@ pub use chat_template::{ChatMessage, ChatTemplate};
 pub use coordgen_qnn as qnn;
 /// The QNN backend's SoC and weight-format choices.
 pub use coordgen_qnn::{GraphScope, Soc, WeightFormat};
+/// The Vulkan backend crate itself (device listing, for tools).
+pub use coordgen_vulkan as vulkan;
+pub use coordgen_vulkan::VulkanOptions;
 pub use engine::{AcceleratorReport, Engine, EngineOptions, LoadProgress, QnnOptions};
 pub use error::{Error, Result};
 pub use progressive::{Switching, Timeline};

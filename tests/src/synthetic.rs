@@ -213,6 +213,7 @@ pub fn write_tiny_gguf(weights: &MemWeights, path: &std::path::Path) {
             DType::F32 => TensorType::F32,
             DType::F16 => TensorType::F16,
             DType::Q8_0 => TensorType::Q8_0,
+            DType::Q4_0 => TensorType::Q4_0,
             DType::Q4_1 => TensorType::Q4_1,
             DType::Q4_K => TensorType::Q4_K,
             other => panic!("no GGUF type for {other}"),

@@ -47,8 +47,11 @@ pub enum BackendChoice {
     /// Qualcomm's QNN HTP (the Hexagon NPU; on x86-64, Qualcomm's simulator)
     /// for norms and matmuls, the CPU for attention
     Qnn,
-    /// QNN on a device that has one, else the CPU (with a warning when the
-    /// QNN library is missing or broken)
+    /// A Vulkan GPU for every op it supports (the CPU for the rest, and
+    /// for everything if the device is lost)
+    Vulkan,
+    /// QNN on a device that has one, else a Vulkan GPU (not a software
+    /// one), else the CPU (with a note saying why)
     Auto,
 }
 
@@ -80,6 +83,69 @@ pub struct BackendArgs {
     /// Build and finalize QNN graphs without reading or writing the cache
     #[arg(long)]
     pub no_qnn_cache: bool,
+    /// Vulkan device: an index or a part of its name (`coordgen inspect
+    /// --vulkan` lists them) [default: the first GPU, else a software one]
+    #[arg(long, value_name = "DEVICE")]
+    pub vulkan_device: Option<String>,
+    /// Run Vulkan with the Khronos validation layer; any error it reports
+    /// fails the run
+    #[arg(long)]
+    pub vulkan_validation: bool,
+}
+
+/// The Vulkan options of the flags; the pipeline cache lives in
+/// $XDG_CACHE_HOME/coordgen/vulkan/.
+fn vulkan_options(args: &BackendArgs) -> coordgen::VulkanOptions {
+    coordgen::VulkanOptions {
+        device: args.vulkan_device.clone(),
+        validation: args.vulkan_validation,
+        pipeline_cache: Some(cache_base().join("vulkan").join("pipelines.bin")),
+        ..Default::default()
+    }
+}
+
+/// The GPU for `--backend auto`: a real (not software) Vulkan device, or
+/// `None` with a note saying why not.
+fn auto_gpu(args: &BackendArgs, quiet: bool) -> Option<coordgen::VulkanOptions> {
+    let note = |why: String| {
+        if !quiet {
+            eprintln!("note: --backend auto: {why}; running on the CPU");
+        }
+        None
+    };
+    let devices = match coordgen::vulkan::list_devices() {
+        Ok(d) => d,
+        Err(e) => return note(format!("no Vulkan ({e})")),
+    };
+    let wanted = args.vulkan_device.as_deref().map(str::to_lowercase);
+    let gpu = devices.iter().find(|d| {
+        d.suitable
+            && d.kind != "CPU (software)"
+            && wanted
+                .as_deref()
+                .is_none_or(|w| d.index.to_string() == w || d.name.to_lowercase().contains(w))
+    });
+    match gpu {
+        Some(_) => Some(vulkan_options(args)),
+        None if devices.is_empty() => note("the Vulkan loader lists no device".into()),
+        None => note(format!(
+            "no Vulkan GPU, only {} (a software device is slower than the CPU; \
+             --backend vulkan runs it anyway)",
+            devices
+                .iter()
+                .map(|d| format!("{} ({})", d.name, d.kind))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+}
+
+fn cache_base() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from(".cache"))
+        .join("coordgen")
 }
 
 /// The QNN folder: the flag, $COORDGEN_QNN_DIR, or `.cache/qnn/onnxruntime_qnn`
@@ -110,16 +176,20 @@ fn qnn_cache_dir(flag: &Option<PathBuf>) -> PathBuf {
     if let Some(p) = flag {
         return p.clone();
     }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from(".cache"));
-    base.join("coordgen").join("qnn")
+    cache_base().join("qnn")
 }
 
-/// The QNN options of the flags, or `None` for the CPU alone. `auto`
-/// checks that the library loads, and warns and uses the CPU when not.
-fn accelerator(args: &BackendArgs, quiet: bool) -> Result<Option<coordgen::QnnOptions>> {
+/// The QNN or Vulkan options of the flags (neither: the CPU alone). `auto`
+/// takes QNN where its library loads on a device, else a Vulkan GPU, else
+/// the CPU, and says why.
+#[allow(clippy::type_complexity)]
+fn accelerator(
+    args: &BackendArgs,
+    quiet: bool,
+) -> Result<(
+    Option<coordgen::QnnOptions>,
+    Option<coordgen::VulkanOptions>,
+)> {
     let folder = qnn_folder(&args.qnn_dir);
     let soc = coordgen::Soc::parse(&args.soc).with_context(|| {
         format!(
@@ -147,25 +217,30 @@ fn accelerator(args: &BackendArgs, quiet: bool) -> Result<Option<coordgen::QnnOp
         cache_dir: (!args.no_qnn_cache).then(|| qnn_cache_dir(&args.qnn_cache)),
     };
     match args.backend {
-        BackendChoice::Cpu => Ok(None),
-        BackendChoice::Qnn => Ok(Some(options)),
-        BackendChoice::Auto => match coordgen::qnn::Library::load(&options.folder) {
-            Err(e) => {
-                eprintln!("warning: --backend auto: {e}; running on the CPU");
-                Ok(None)
-            }
-            Ok(_) if cfg!(target_arch = "x86_64") => {
-                if !quiet {
-                    eprintln!(
-                        "note: --backend auto: the QNN HTP library on x86-64 is Qualcomm's \
-                         functional simulator, slower than the CPU; running on the CPU \
-                         (--backend qnn runs it anyway)"
-                    );
+        BackendChoice::Cpu => Ok((None, None)),
+        BackendChoice::Qnn => Ok((Some(options), None)),
+        BackendChoice::Vulkan => Ok((None, Some(vulkan_options(args)))),
+        BackendChoice::Auto => {
+            match coordgen::qnn::Library::load(&options.folder) {
+                Err(e) => {
+                    let gpu = auto_gpu(args, true);
+                    if gpu.is_none() {
+                        eprintln!("warning: --backend auto: {e}; no Vulkan GPU either; running on the CPU");
+                    }
+                    Ok((None, gpu))
                 }
-                Ok(None)
+                Ok(_) if cfg!(target_arch = "x86_64") => {
+                    if !quiet {
+                        eprintln!(
+                            "note: --backend auto: the QNN HTP library on x86-64 is Qualcomm's \
+                         functional simulator, slower than the CPU (--backend qnn runs it anyway)"
+                        );
+                    }
+                    Ok((None, auto_gpu(args, quiet)))
+                }
+                Ok(_) => Ok((Some(options), None)),
             }
-            Ok(_) => Ok(Some(options)),
-        },
+        }
     }
 }
 
@@ -177,7 +252,7 @@ pub fn engine_options(args: &ModelArgs, quiet: bool) -> Result<EngineOptions> {
             format!("unknown kernel tier {name:?} (scalar, avx2, avx512vnni, neon, neon-dotprod)")
         })?),
     };
-    let accelerator = accelerator(&args.backend, quiet)?;
+    let (accelerator, gpu) = accelerator(&args.backend, quiet)?;
     let defaults = EngineOptions::default();
     // Every bucket width is a compiled copy of the weights on an NPU (and
     // finalizing takes seconds on the simulator): fewer buckets there.
@@ -205,6 +280,7 @@ pub fn engine_options(args: &ModelArgs, quiet: bool) -> Result<EngineOptions> {
         },
         layers_per_block: args.layers_per_block,
         accelerator,
+        gpu,
         ..defaults
     })
 }
@@ -311,6 +387,17 @@ pub fn load_engine(args: &ModelArgs, quiet: bool) -> Result<Engine> {
 /// cache load and save times.
 pub fn accelerator_line(engine: &Engine) -> Option<String> {
     let r = engine.accelerator_report()?;
+    if r.backend == "vulkan" {
+        return Some(format!(
+            "[vulkan on {}: {} graphs ({} subgraphs split with the CPU), {:.1} MB of weights \
+             uploaded | compile {:.1} ms]",
+            r.device,
+            r.graphs,
+            r.split_subgraphs,
+            r.binary_bytes as f64 / 1e6,
+            r.build_ms
+        ));
+    }
     let mut line = format!(
         "[{} on {} (library {}), {} weights, {} graphs: {} graphs ({} subgraphs split with the CPU)",
         r.backend, r.device, r.library_build, r.weights, r.scope, r.graphs, r.split_subgraphs

@@ -114,6 +114,7 @@ pub struct Context {
     pub(crate) max_binding_bytes: u64,
     debug: Option<(ash::ext::debug_utils::Instance, vk::DebugUtilsMessengerEXT)>,
     pub(crate) validation: Arc<ValidationLog>,
+    lost: std::sync::atomic::AtomicBool,
     pub(crate) instance: ash::Instance,
     _entry: ash::Entry,
 }
@@ -340,6 +341,7 @@ impl Context {
             max_binding_bytes,
             debug,
             validation,
+            lost: std::sync::atomic::AtomicBool::new(false),
             instance,
             _entry: entry,
         }))
@@ -359,6 +361,17 @@ impl Context {
         } else {
             Err(Error::Validation(errors))
         }
+    }
+
+    /// Treats the device as lost from now on.
+    pub fn mark_lost(&self) {
+        self.lost.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the device was lost (a submission reported it, or
+    /// [`Context::mark_lost`]).
+    pub fn is_lost(&self) -> bool {
+        self.lost.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether the validation layer is on.

@@ -189,6 +189,15 @@ pub(crate) fn one_shot(
 
 /// Submits `cmd`, waits for `fence`, then checks the validation log.
 fn submit_and_wait(ctx: &Context, cmd: vk::CommandBuffer, fence: vk::Fence) -> Result<(), Error> {
+    if ctx.is_lost() {
+        return Err(Error::DeviceLost);
+    }
+    let lost = |e: Error| {
+        if matches!(e, Error::DeviceLost) {
+            ctx.mark_lost();
+        }
+        e
+    };
     let cmds = [cmd];
     let submit = [vk::SubmitInfo::default().command_buffers(&cmds)];
     {
@@ -196,11 +205,13 @@ fn submit_and_wait(ctx: &Context, cmd: vk::CommandBuffer, fence: vk::Fence) -> R
         // SAFETY: the queue is externally synchronized by its mutex; the
         // command buffer is fully recorded and the fence unsignaled.
         unsafe { ctx.device.queue_submit(*queue, &submit, fence) }
-            .map_err(vk_err("vkQueueSubmit"))?;
+            .map_err(vk_err("vkQueueSubmit"))
+            .map_err(lost)?;
     }
     // SAFETY: the fence belongs to this device.
     unsafe { ctx.device.wait_for_fences(&[fence], true, u64::MAX) }
-        .map_err(vk_err("vkWaitForFences"))?;
+        .map_err(vk_err("vkWaitForFences"))
+        .map_err(lost)?;
     ctx.check_validation()
 }
 

@@ -154,6 +154,13 @@ impl VulkanBackend {
         &self.ctx
     }
 
+    /// Treats the device as lost (as after a driver reset): every later
+    /// submission fails with [`Error::DeviceLost`], which callers handle by
+    /// moving to the CPU.
+    pub fn mark_lost(&self) {
+        self.ctx.mark_lost();
+    }
+
     /// Bytes of weights uploaded so far.
     pub fn weight_bytes(&self) -> u64 {
         self.weights.bytes()

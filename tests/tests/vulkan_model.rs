@@ -1,0 +1,293 @@
+//! Whole models through the engine on the Vulkan backend (on CI: lavapipe
+//! with the validation layer on) against the CPU backend: a tiny synthetic
+//! GGUF model's logits, batch invariance, the default model's greedy
+//! tokens, a validation error that must fail, a lost device that hands
+//! over to the CPU, and no device at all.
+
+use coordgen::{Engine, EngineOptions, VulkanOptions};
+use coordgen_graph::DType;
+use coordgen_tests::synthetic::{tiny_weights, write_tiny_gguf};
+use std::path::{Path, PathBuf};
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "coordgen-vulkan-model-{name}-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn validated() -> VulkanOptions {
+    VulkanOptions {
+        validation: true,
+        ..Default::default()
+    }
+}
+
+/// Whether the tests may use Vulkan here (see `coordgen_tests::vulkan`).
+fn have_vulkan() -> bool {
+    coordgen_tests::vulkan().is_some()
+}
+
+fn tiny_options(gpu: Option<VulkanOptions>) -> EngineOptions {
+    EngineOptions {
+        threads: Some(1),
+        context_length: 64,
+        prefill_widths: vec![8],
+        verify_widths: vec![1, 4],
+        layers_per_block: 2,
+        prefault: false,
+        gpu,
+        ..EngineOptions::default()
+    }
+}
+
+fn tiny_model(dir: &Path, dtype: DType) -> PathBuf {
+    let path = dir.join(format!("tiny-{dtype}.gguf"));
+    write_tiny_gguf(&tiny_weights(dtype, 21), &path);
+    path
+}
+
+/// Teacher-forced logits of a fixed sequence: an 8-wide prefill chunk with
+/// padding, then single-token steps.
+fn logits(engine: &Engine) -> Vec<f32> {
+    let mut session = engine.session();
+    let mut all = session.append_all_logits(&[1, 17, 42, 5, 88, 9]).unwrap();
+    for t in [33u32, 2, 71] {
+        session.append(&[t]).unwrap();
+        all.extend_from_slice(session.logits());
+    }
+    all
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// The tiny model (2 layers, d = 64) on Vulkan gives the CPU's logits,
+/// bitwise, with every matrix type the kernels cover.
+#[test]
+fn a_tiny_gguf_model_on_vulkan_matches_the_cpu_in_its_logits() {
+    if !have_vulkan() {
+        return;
+    }
+    let dir = scratch("tiny");
+    for dtype in [DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::F16] {
+        let model = tiny_model(&dir, dtype);
+        let cpu = Engine::load(&model, tiny_options(None)).unwrap();
+        let gpu = Engine::load(&model, tiny_options(Some(validated()))).unwrap();
+        let report = gpu.accelerator_report().unwrap();
+        assert_eq!(report.backend, "vulkan");
+        assert!(
+            report.graphs > 0 && report.split_subgraphs == 0,
+            "{report:?}"
+        );
+        let (want, got) = (logits(&cpu), logits(&gpu));
+        assert!(got.iter().all(|v| v.is_finite()));
+        assert_eq!(
+            bits(&got),
+            bits(&want),
+            "{dtype}: logits differ from the CPU's"
+        );
+        eprintln!(
+            "tiny model, {dtype} matrices: {} logits bitwise equal",
+            got.len()
+        );
+    }
+}
+
+/// Batch invariance on the device: the rows of one 4-wide verify pass are
+/// bitwise the rows of four single-token steps.
+#[test]
+fn vulkan_rows_of_a_wide_pass_equal_single_token_steps() {
+    if !have_vulkan() {
+        return;
+    }
+    let dir = scratch("batch");
+    let model = tiny_model(&dir, DType::Q4_1);
+    let gpu = Engine::load(&model, tiny_options(Some(validated()))).unwrap();
+    let prompt = [3u32, 14, 15, 92, 65];
+    let next = [35u32, 89, 79, 32];
+    let mut wide = gpu.session();
+    wide.set_tokens(&prompt).unwrap();
+    let together = wide.append_all_logits(&next).unwrap();
+    let mut narrow = gpu.session();
+    narrow.set_tokens(&prompt).unwrap();
+    let mut one_by_one = Vec::new();
+    for t in next {
+        narrow.append(&[t]).unwrap();
+        one_by_one.extend_from_slice(narrow.logits());
+    }
+    assert_eq!(together.len(), one_by_one.len());
+    assert_eq!(
+        bits(&together),
+        bits(&one_by_one),
+        "a row depends on the batch width"
+    );
+}
+
+/// A shader that needs a device feature that was never enabled runs
+/// anyway on lavapipe; only the validation layer notices. That error must
+/// fail the compile instead of passing silently.
+#[test]
+fn a_validation_error_fails_the_run() {
+    if !have_vulkan() {
+        return;
+    }
+    let dir = scratch("validation");
+    let model = tiny_model(&dir, DType::Q8_0);
+    let options = VulkanOptions {
+        omit_features: true,
+        ..validated()
+    };
+    let err = Engine::load(&model, tiny_options(Some(options)))
+        .err()
+        .expect("a device without the shaders' features must fail under validation");
+    let text = err.to_string();
+    assert!(text.contains("validation layer reported"), "{text}");
+    assert!(
+        text.contains("VUID"),
+        "the layer's message names the rule: {text}"
+    );
+}
+
+/// A lost device is a typed error inside the backend; the engine moves to
+/// the CPU and the session goes on with the same results.
+#[test]
+fn a_lost_device_hands_the_session_to_the_cpu() {
+    if !have_vulkan() {
+        return;
+    }
+    let dir = scratch("lost");
+    let model = tiny_model(&dir, DType::Q8_0);
+    let cpu = Engine::load(&model, tiny_options(None)).unwrap();
+    let gpu = Engine::load(&model, tiny_options(Some(validated()))).unwrap();
+    let run = |engine: &Engine, lose_after_prefill: bool| {
+        let mut session = engine.session();
+        let mut all = session.append_all_logits(&[1, 17, 42, 5, 88, 9]).unwrap();
+        if lose_after_prefill {
+            engine.treat_gpu_as_lost();
+        }
+        for t in [33u32, 2, 71] {
+            session.append(&[t]).unwrap();
+            all.extend_from_slice(session.logits());
+        }
+        all
+    };
+    let want = run(&cpu, false);
+    assert!(!gpu.gpu_lost());
+    let got = run(&gpu, true);
+    assert!(gpu.gpu_lost(), "the loss was noticed");
+    assert_eq!(bits(&got), bits(&want));
+}
+
+/// Without a Vulkan driver, asking for Vulkan is a clear error.
+#[test]
+fn without_a_vulkan_driver_the_error_says_so() {
+    let dir = scratch("nodriver");
+    let model = tiny_model(&dir, DType::Q8_0);
+    // The loader reads the driver list from this variable when set; a
+    // child process keeps the override away from the other tests.
+    if std::env::var_os("COORDGEN_TEST_NO_DRIVER").is_none() {
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "without_a_vulkan_driver_the_error_says_so",
+                "--exact",
+                "--nocapture",
+            ])
+            .env("COORDGEN_TEST_NO_DRIVER", "1")
+            .env("VK_DRIVER_FILES", dir.join("none.json"))
+            .env("VK_ICD_FILENAMES", dir.join("none.json"))
+            .status()
+            .unwrap();
+        assert!(status.success());
+        return;
+    }
+    let err = Engine::load(&model, tiny_options(Some(VulkanOptions::default())))
+        .err()
+        .expect("no driver, no engine");
+    let text = err.to_string();
+    assert!(text.contains("Vulkan"), "{text}");
+    assert!(
+        text.contains("no usable Vulkan device") || text.contains("Vulkan loader"),
+        "{text}"
+    );
+}
+
+fn argmax(logits: &[f32]) -> u32 {
+    (0..logits.len())
+        .max_by(|&a, &b| logits[a].total_cmp(&logits[b]))
+        .unwrap_or(0) as u32
+}
+
+/// Greedy tokens after `prompt`.
+fn greedy(engine: &Engine, prompt: &[u32], n: usize) -> Vec<u32> {
+    let mut session = engine.session();
+    session.set_tokens(prompt).unwrap();
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let t = argmax(session.logits());
+        out.push(t);
+        if out.len() < n {
+            session.append(&[t]).unwrap();
+        }
+    }
+    out
+}
+
+/// The acceptance check on the default model: Vulkan gives the CPU's
+/// greedy tokens for 32 tokens on at least 4 of the greedy fixture's 5
+/// shortest prompts (measured: all 5, the logits bitwise equal).
+#[test]
+fn default_model_greedy_tokens_on_vulkan_equal_the_cpus() {
+    if !have_vulkan() {
+        return;
+    }
+    let Some(model) = coordgen_tests::default_model() else {
+        return;
+    };
+    let Some(fx) = coordgen_tests::fixture("greedy.json") else {
+        return;
+    };
+    let mut prompts: Vec<(String, Vec<u32>)> = fx["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let tokens = c["prompt_tokens"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t.as_u64().unwrap() as u32)
+                .collect();
+            (c["name"].as_str().unwrap_or("?").to_string(), tokens)
+        })
+        .collect();
+    prompts.sort_by_key(|(_, p)| p.len());
+    prompts.truncate(5);
+    let options = |gpu| EngineOptions {
+        threads: Some(2),
+        context_length: 256,
+        prefill_widths: vec![32],
+        verify_widths: vec![1],
+        prefault: false,
+        gpu,
+        ..EngineOptions::default()
+    };
+    let cpu = Engine::load(&model, options(None)).unwrap();
+    let gpu = Engine::load(&model, options(Some(validated()))).unwrap();
+    let mut equal = 0;
+    for (name, prompt) in &prompts {
+        let want = greedy(&cpu, prompt, 32);
+        let got = greedy(&gpu, prompt, 32);
+        let same = got.iter().zip(&want).take_while(|(a, b)| a == b).count();
+        eprintln!(
+            "{name} ({} tokens): {same} of 32 greedy tokens equal",
+            prompt.len()
+        );
+        equal += usize::from(same == 32);
+    }
+    assert!(equal >= 4, "only {equal} of 5 prompts agree for 32 tokens");
+}
