@@ -18,6 +18,32 @@ pub struct InspectArgs {
     /// Array elements to show before eliding
     #[arg(long, value_name = "N", default_value_t = 8)]
     pub array_items: usize,
+    /// List the Vulkan devices (for --vulkan-device) instead of a model
+    #[arg(long)]
+    pub vulkan: bool,
+}
+
+/// `coordgen inspect --vulkan`: every device the Vulkan loader lists.
+fn list_vulkan_devices() -> Result<()> {
+    let devices = coordgen::vulkan::list_devices().context("listing Vulkan devices")?;
+    if devices.is_empty() {
+        println!("the Vulkan loader lists no device");
+    }
+    for d in devices {
+        println!(
+            "{}: {} ({}, Vulkan {}){}",
+            d.index,
+            d.name,
+            d.kind,
+            d.api_version,
+            if d.suitable {
+                ""
+            } else {
+                " - lacks 8/16-bit storage buffers or f64: unusable"
+            }
+        );
+    }
+    Ok(())
 }
 
 #[derive(Args, Debug)]
@@ -77,6 +103,9 @@ fn show_array(a: &MetaArray, items: usize) -> String {
 }
 
 pub fn inspect(args: InspectArgs) -> Result<()> {
+    if args.vulkan {
+        return list_vulkan_devices();
+    }
     let path = resolve_model(&args.model)?;
     let file = GgufFile::open(&path).with_context(|| format!("reading {}", path.display()))?;
     println!(
