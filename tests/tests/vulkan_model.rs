@@ -291,3 +291,53 @@ fn default_model_greedy_tokens_on_vulkan_equal_the_cpus() {
     }
     assert!(equal >= 4, "only {equal} of 5 prompts agree for 32 tokens");
 }
+
+/// Weights larger than one storage-buffer binding are bound in row chunks
+/// (the embedding table and the output head of a large vocabulary): with
+/// the limit lowered to 2 KiB every matrix of the tiny model is split, and
+/// the logits stay the CPU's.
+#[test]
+fn weights_past_the_binding_limit_are_split_and_give_the_same_logits() {
+    if !have_vulkan() {
+        return;
+    }
+    let dir = scratch("split");
+    let model = tiny_model(&dir, DType::Q4_1);
+    let cpu = Engine::load(&model, tiny_options(None)).unwrap();
+    let options = VulkanOptions {
+        max_binding_bytes: Some(2048),
+        ..validated()
+    };
+    let gpu = Engine::load(&model, tiny_options(Some(options))).unwrap();
+    assert_eq!(bits(&logits(&gpu)), bits(&logits(&cpu)));
+}
+
+/// The pipeline cache is written on shutdown and read back at the next
+/// start, by the same driver only.
+#[test]
+fn the_pipeline_cache_persists_across_backends() {
+    if !have_vulkan() {
+        return;
+    }
+    let dir = scratch("pipelines");
+    let model = tiny_model(&dir, DType::Q8_0);
+    let path = dir.join("cache").join("pipelines.bin");
+    let options = VulkanOptions {
+        pipeline_cache: Some(path.clone()),
+        ..validated()
+    };
+    let first = Engine::load(&model, tiny_options(Some(options.clone()))).unwrap();
+    let want = logits(&first);
+    drop(first);
+    // At least the 32-byte header (lavapipe of Mesa 22.3 stores no more:
+    // it compiles every pipeline anew).
+    let written = std::fs::metadata(&path).expect("cache written").len();
+    assert!(written >= 32, "{written} bytes");
+    let second = Engine::load(&model, tiny_options(Some(options.clone()))).unwrap();
+    assert_eq!(bits(&logits(&second)), bits(&want));
+    drop(second);
+    // A foreign or corrupt file is ignored, not trusted.
+    std::fs::write(&path, b"not a pipeline cache").unwrap();
+    let third = Engine::load(&model, tiny_options(Some(options))).unwrap();
+    assert_eq!(bits(&logits(&third)), bits(&want));
+}
