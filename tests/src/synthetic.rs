@@ -74,6 +74,16 @@ pub fn encode(values: &[f32], dtype: DType) -> Vec<u8> {
             kquant::quantize_row_q4_k(values, &mut q);
             bytemuck::cast_slice(&q).to_vec()
         }
+        DType::Q5_K => {
+            let mut q = vec![kquant::BlockQ5K::default(); values.len() / kquant::QK_K];
+            kquant::quantize_row_q5_k(values, &mut q);
+            bytemuck::cast_slice(&q).to_vec()
+        }
+        DType::Q6_K => {
+            let mut q = vec![kquant::BlockQ6K::default(); values.len() / kquant::QK_K];
+            kquant::quantize_row_q6_k(values, &mut q);
+            bytemuck::cast_slice(&q).to_vec()
+        }
         other => panic!("no test encoding for {other}"),
     }
 }
@@ -160,6 +170,60 @@ pub fn tiny_weights(matrix_dtype: DType, seed: u64) -> MemWeights {
         }
     }
     w
+}
+
+/// A small llama whose widths are whole K-quant super-blocks (256):
+/// 1 layer, d = 256, FFN 512, 4 heads of 64, 2 KV heads.
+pub fn wide_config() -> ModelConfig {
+    ModelConfig {
+        n_layers: 1,
+        d_model: 256,
+        d_ff: 512,
+        n_heads: 4,
+        n_kv_heads: 2,
+        head_dim: 64,
+        vocab_size: 96,
+        train_context: 256,
+        rope_theta: 10000.0,
+        rms_eps: 1e-5,
+    }
+}
+
+/// Weights of [`wide_config`], matrices and the embedding table in `dtype`.
+pub fn wide_weights(dtype: DType, seed: u64) -> MemWeights {
+    let c = wide_config();
+    let mut rng = Rng(seed);
+    let mut w = MemWeights::default();
+    w.add(&mut rng, names::TOKEN_EMBD.into(), dtype, vec![96, 256]);
+    w.add(&mut rng, names::OUTPUT_NORM.into(), DType::F32, vec![256]);
+    for l in 0..c.n_layers {
+        for (what, shape) in [
+            ("attn_norm", vec![256]),
+            ("ffn_norm", vec![256]),
+            ("attn_q", vec![256, 256]),
+            ("attn_k", vec![128, 256]),
+            ("attn_v", vec![128, 256]),
+            ("attn_output", vec![256, 256]),
+            ("ffn_gate", vec![512, 256]),
+            ("ffn_up", vec![512, 256]),
+            ("ffn_down", vec![256, 512]),
+        ] {
+            let t = if shape.len() == 1 { DType::F32 } else { dtype };
+            w.add(&mut rng, names::layer(l, what), t, shape);
+        }
+    }
+    w
+}
+
+/// The plan of [`wide_config`] with the buckets of [`tiny_plan`].
+pub fn wide_plan(weights: &MemWeights) -> Plan {
+    let opts = PlanOptions {
+        prefill_widths: vec![8],
+        verify_widths: vec![1, 4],
+        layers_per_block: 1,
+        context_length: 64,
+    };
+    lower(&wide_config(), weights, &opts).expect("the wide model lowers")
 }
 
 /// The plan of [`tiny_config`] with small buckets.

@@ -9,7 +9,9 @@
 
 use coordgen_cpu::CpuBackend;
 use coordgen_graph::*;
-use coordgen_tests::synthetic::{tiny_plan, tiny_weights, MemWeights, Rng};
+use coordgen_tests::synthetic::{
+    tiny_plan, tiny_weights, wide_plan, wide_weights, MemWeights, Rng,
+};
 use coordgen_tests::vulkan;
 use half::f16;
 
@@ -156,10 +158,9 @@ fn compare(got: &[f32], want: &[f32]) -> (f64, bool) {
 }
 
 /// Every op of every subgraph of `plan`, alone, on both backends.
-fn every_op(weights: &MemWeights, label: &str) {
+fn every_op(plan: &Plan, weights: &MemWeights, label: &str) {
     let Some(gpu) = vulkan() else { return };
     let cpu = CpuBackend::new(Some(2)).expect("cpu backend");
-    let plan = tiny_plan(weights);
     let mut rng = Rng(11);
     let mut checked = 0;
     let mut ops_seen = std::collections::BTreeSet::new();
@@ -184,7 +185,7 @@ fn every_op(weights: &MemWeights, label: &str) {
                 let width = graph.width;
                 for n in [1, width.div_ceil(2), width] {
                     for past in [0, 13, 40] {
-                        let mut state = SessionState::new(&plan);
+                        let mut state = SessionState::new(plan);
                         fill_inputs(&mut state, graph, op, &mut rng, n, past);
                         let mut on_gpu = state.clone();
                         let params = ExecParams {
@@ -228,25 +229,39 @@ fn every_op(weights: &MemWeights, label: &str) {
 
 #[test]
 fn every_op_matches_the_cpu_with_q4_0_weights() {
-    every_op(&tiny_weights(DType::Q4_0, 3), "q4_0");
+    let w = tiny_weights(DType::Q4_0, 3);
+    every_op(&tiny_plan(&w), &w, "q4_0");
 }
 
 #[test]
 fn every_op_matches_the_cpu_with_q4_1_weights() {
-    every_op(&tiny_weights(DType::Q4_1, 4), "q4_1");
+    let w = tiny_weights(DType::Q4_1, 4);
+    every_op(&tiny_plan(&w), &w, "q4_1");
 }
 
 #[test]
 fn every_op_matches_the_cpu_with_q8_0_weights() {
-    every_op(&tiny_weights(DType::Q8_0, 5), "q8_0");
+    let w = tiny_weights(DType::Q8_0, 5);
+    every_op(&tiny_plan(&w), &w, "q8_0");
 }
 
 #[test]
 fn every_op_matches_the_cpu_with_f16_weights() {
-    every_op(&tiny_weights(DType::F16, 6), "f16");
+    let w = tiny_weights(DType::F16, 6);
+    every_op(&tiny_plan(&w), &w, "f16");
 }
 
 #[test]
 fn every_op_matches_the_cpu_with_f32_weights() {
-    every_op(&tiny_weights(DType::F32, 7), "f32");
+    let w = tiny_weights(DType::F32, 7);
+    every_op(&tiny_plan(&w), &w, "f32");
+}
+
+#[test]
+fn every_op_matches_the_cpu_with_k_quant_weights() {
+    // d = 64 is not whole super-blocks of 256: a wider model for K-quants.
+    for dtype in [DType::Q4_K, DType::Q5_K, DType::Q6_K] {
+        let w = wide_weights(dtype, 8);
+        every_op(&wide_plan(&w), &w, &format!("{dtype}"));
+    }
 }

@@ -26,6 +26,20 @@ use std::sync::Arc;
 /// the shaders: eight words of int8, then d and s as f32).
 const Q8_BLOCK_BYTES: usize = 40;
 
+/// Bytes of one Q8_K activation block on the device (`Q8KBlock`: d, 64
+/// words of int8, 16 i32 block sums).
+const Q8K_BLOCK_BYTES: usize = 324;
+
+/// Bytes of the quantized activations of one row of `k` values for a
+/// matrix of `dtype`.
+fn act_row_bytes(dtype: DType, k: usize) -> usize {
+    if dtype.block_len() == 256 {
+        k / 256 * Q8K_BLOCK_BYTES
+    } else {
+        k / 32 * Q8_BLOCK_BYTES
+    }
+}
+
 /// Where a tensor lives on the device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Place {
@@ -321,7 +335,8 @@ pub(crate) fn chunks_for(ctx: &Context, t: &TensorDecl) -> Option<Vec<(usize, us
     )
 }
 
-/// The quantized-weight variant of the matmul and embedding shaders.
+/// The weight-type variant of the embedding shader (the matmul shaders
+/// take the first three, and the K-quants minus 5).
 pub(crate) fn block_variant(dtype: DType) -> Option<u32> {
     match dtype {
         DType::Q4_0 => Some(0),
@@ -329,7 +344,10 @@ pub(crate) fn block_variant(dtype: DType) -> Option<u32> {
         DType::Q8_0 => Some(2),
         DType::F16 => Some(3),
         DType::F32 => Some(4),
-        _ => None,
+        DType::Q4_K => Some(5),
+        DType::Q5_K => Some(6),
+        DType::Q6_K => Some(7),
+        DType::BF16 | DType::I32 | DType::U8 => None,
     }
 }
 
@@ -440,7 +458,7 @@ impl VulkanExecutable {
                         .ok_or_else(|| bad(graph, format!("{} rows exceed a binding", wd.name)))?
                         .len() as u32;
                     if wd.dtype.is_quantized() {
-                        act_bytes = act_bytes.max(width * cols(wd) / 32 * Q8_BLOCK_BYTES);
+                        act_bytes = act_bytes.max(width * act_row_bytes(wd.dtype, cols(wd)));
                         sets_needed += 1;
                         descriptors += 2;
                     }
@@ -730,11 +748,16 @@ impl VulkanExecutable {
                     let (shader, variant, source, depth, x_at) = if wd.dtype.is_quantized() {
                         let variant = block_variant(wd.dtype)
                             .ok_or_else(|| bad(&self.graph, format!("matmul of {}", wd.dtype)))?;
-                        let blocks = k / 32;
+                        let kquant = wd.dtype.block_len() == 256;
+                        let blocks = k / wd.dtype.block_len();
                         let act = Self::whole(&self._act);
                         self.dispatch(
                             pipelines,
-                            Shader::QuantizeQ8,
+                            if kquant {
+                                Shader::QuantizeQ8K
+                            } else {
+                                Shader::QuantizeQ8
+                            },
                             0,
                             &[xb, act],
                             Box::new(move |s| {
@@ -745,7 +768,11 @@ impl VulkanExecutable {
                                 )
                             }),
                         )?;
-                        (Shader::MatmulQ, variant, act, blocks, 0)
+                        if kquant {
+                            (Shader::MatmulK, variant - 5, act, blocks, 0)
+                        } else {
+                            (Shader::MatmulQ, variant, act, blocks, 0)
+                        }
                     } else {
                         let shader = match wd.dtype {
                             DType::F16 => Shader::MatmulF16,

@@ -186,11 +186,16 @@ impl VulkanBackend {
         };
         match *op {
             Op::MatMul { w, .. } => match dtype_of(w) {
-                Some(DType::Q4_0 | DType::Q4_1 | DType::Q8_0 | DType::F16 | DType::F32)
-                    if fits(w) =>
-                {
-                    None
-                }
+                Some(
+                    DType::Q4_0
+                    | DType::Q4_1
+                    | DType::Q8_0
+                    | DType::Q4_K
+                    | DType::Q5_K
+                    | DType::Q6_K
+                    | DType::F16
+                    | DType::F32,
+                ) if fits(w) => None,
                 Some(d) if exec::block_variant(d).is_some() => {
                     Some("one weight row exceeds the storage-buffer binding limit".into())
                 }
@@ -213,7 +218,7 @@ impl Backend for VulkanBackend {
     }
 
     /// Every op of the IR, with matmul and embedding weights in Q4_0, Q4_1,
-    /// Q8_0, f16 or f32 (K-quants and BF16 stay on the CPU).
+    /// Q8_0, Q4_K, Q5_K, Q6_K, f16 or f32 (BF16 stays on the CPU).
     fn supports(&self, op: &Op, graph: &Subgraph) -> bool {
         self.unsupported_reason(op, graph).is_none()
     }

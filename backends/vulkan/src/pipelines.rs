@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Shader {
     QuantizeQ8,
+    QuantizeQ8K,
     MatmulQ,
+    MatmulK,
     MatmulF16,
     MatmulF32,
     RmsNorm,
@@ -30,7 +32,9 @@ impl Shader {
     pub(crate) fn name(self) -> &'static str {
         match self {
             Shader::QuantizeQ8 => "quantize_q8",
+            Shader::QuantizeQ8K => "quantize_q8k",
             Shader::MatmulQ => "matmul_q",
+            Shader::MatmulK => "matmul_k",
             Shader::MatmulF16 => "matmul_f16",
             Shader::MatmulF32 => "matmul_f32",
             Shader::RmsNorm => "rms_norm",
@@ -53,7 +57,9 @@ impl Shader {
         }
         match self {
             Shader::QuantizeQ8 => spv!("quantize_q8"),
+            Shader::QuantizeQ8K => spv!("quantize_q8k"),
             Shader::MatmulQ => spv!("matmul_q"),
+            Shader::MatmulK => spv!("matmul_k"),
             Shader::MatmulF16 => spv!("matmul_f16"),
             Shader::MatmulF32 => spv!("matmul_f32"),
             Shader::RmsNorm => spv!("rms_norm"),
@@ -70,7 +76,7 @@ impl Shader {
     /// Storage-buffer bindings, numbered from 0.
     pub(crate) fn bindings(self) -> u32 {
         match self {
-            Shader::QuantizeQ8 | Shader::AttnSoftmax => 2,
+            Shader::QuantizeQ8 | Shader::QuantizeQ8K | Shader::AttnSoftmax => 2,
             Shader::KvStore | Shader::AttnScores | Shader::AttnValues => 4,
             _ => 3,
         }
