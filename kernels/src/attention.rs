@@ -106,6 +106,29 @@ pub fn move_key(cache: &mut [f16], kv_dim: usize, src: usize, dst: usize) -> Res
     Ok(())
 }
 
+/// The tree-attention slots row `r` of a verification run sees beyond the
+/// cached prefix, in order: `visit(slot, position)` for every row `j < n`
+/// with `mask[r · width + j] != 0`. Row `j` sits in slot `past + j` but
+/// stands at its depth in the sequence (its visible rows, itself included,
+/// minus one): that position picks its softmax chunk and value lane (see
+/// [`RowVisibility::extra_positions`]).
+pub fn tree_row_extras(
+    mask: &[u8],
+    width: usize,
+    n: usize,
+    past: usize,
+    r: usize,
+    mut visit: impl FnMut(u32, u32),
+) {
+    let row = |i: usize| mask.get(i * width..i * width + n).unwrap_or(&[]);
+    for (j, &seen) in row(r).iter().enumerate() {
+        if seen != 0 {
+            let depth = row(j).iter().filter(|&&v| v != 0).count();
+            visit((past + j) as u32, (past + depth.saturating_sub(1)) as u32);
+        }
+    }
+}
+
 /// One KV head's keys in a blocked K cache (see [`key_index`]).
 #[derive(Clone, Copy, Debug)]
 pub struct BlockedKeys<'a> {

@@ -105,3 +105,47 @@ pub fn vulkan() -> Option<coordgen_vulkan::VulkanBackend> {
         }
     }
 }
+
+/// The greedy fixture's `count` shortest prompts (ties in fixture order),
+/// by name, or `None` (after printing why) when the fixture is absent.
+pub fn shortest_greedy_prompts(count: usize) -> Option<Vec<(String, Vec<u32>)>> {
+    let fx = fixture("greedy.json")?;
+    let mut prompts: Vec<(String, Vec<u32>)> = fx["cases"]
+        .as_array()?
+        .iter()
+        .filter_map(|c| {
+            let tokens = c["prompt_tokens"]
+                .as_array()?
+                .iter()
+                .map(|t| t.as_u64().map(|v| v as u32))
+                .collect::<Option<Vec<u32>>>()?;
+            Some((c["name"].as_str().unwrap_or("?").to_string(), tokens))
+        })
+        .collect();
+    prompts.sort_by_key(|(_, p)| p.len());
+    prompts.truncate(count);
+    Some(prompts)
+}
+
+/// Index of the largest logit.
+pub fn argmax(logits: &[f32]) -> u32 {
+    (0..logits.len())
+        .max_by(|&a, &b| logits[a].total_cmp(&logits[b]))
+        .unwrap_or(0) as u32
+}
+
+/// `n` greedy tokens after `prompt`, and the logits right after the prompt.
+pub fn greedy(engine: &coordgen::Engine, prompt: &[u32], n: usize) -> (Vec<u32>, Vec<f32>) {
+    let mut session = engine.session();
+    session.set_tokens(prompt).expect("prompt fits");
+    let first = session.logits().to_vec();
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let t = argmax(session.logits());
+        out.push(t);
+        if out.len() < n {
+            session.append(&[t]).expect("token fits");
+        }
+    }
+    (out, first)
+}

@@ -6,6 +6,7 @@
 
 use coordgen::{Engine, EngineOptions, GraphScope, QnnOptions, Soc, WeightFormat};
 use coordgen_graph::DType;
+use coordgen_tests::greedy;
 use coordgen_tests::synthetic::{tiny_weights, write_tiny_gguf};
 use std::path::{Path, PathBuf};
 
@@ -234,49 +235,14 @@ fn a_missing_library_names_its_folder_and_how_to_fill_it() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-fn argmax(logits: &[f32]) -> u32 {
-    (0..logits.len())
-        .max_by(|&a, &b| logits[a].total_cmp(&logits[b]))
-        .unwrap_or(0) as u32
-}
-
-/// Greedy tokens after `prompt`, and the logits right after the prompt.
-fn greedy(engine: &Engine, prompt: &[u32], n: usize) -> (Vec<u32>, Vec<f32>) {
-    let mut session = engine.session();
-    session.set_tokens(prompt).unwrap();
-    let first = session.logits().to_vec();
-    let mut out = Vec::with_capacity(n);
-    while out.len() < n {
-        let t = argmax(session.logits());
-        out.push(t);
-        if out.len() < n {
-            session.append(&[t]).unwrap();
-        }
-    }
-    (out, first)
-}
-
 /// The default model on the CPU and on QNN (fp16 weights, no cache), with
-/// the buckets a greedy comparison needs, and the fixture's prompts by
+/// the buckets a greedy comparison needs, and the fixture's 5 shortest prompts by
 /// name; `None` when the library, model or fixture is absent.
 #[allow(clippy::type_complexity)]
 fn default_engines() -> Option<(Engine, Engine, Vec<(String, Vec<u32>)>)> {
     let folder = coordgen_tests::qnn_folder()?;
     let model = coordgen_tests::default_model()?;
-    let fx = coordgen_tests::fixture("greedy.json")?;
-    let prompts = fx["cases"]
-        .as_array()?
-        .iter()
-        .map(|c| {
-            let tokens = c["prompt_tokens"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|t| t.as_u64().unwrap() as u32)
-                .collect();
-            (c["name"].as_str().unwrap_or("?").to_string(), tokens)
-        })
-        .collect();
+    let prompts = coordgen_tests::shortest_greedy_prompts(5)?;
     let buckets = |qnn| EngineOptions {
         threads: Some(2),
         context_length: 256,
@@ -298,12 +264,9 @@ fn default_engines() -> Option<(Engine, Engine, Vec<(String, Vec<u32>)>)> {
 /// simulator (2-3 s per decoded token): the slowest test in CI.
 #[test]
 fn default_model_greedy_tokens_on_qnn_equal_the_cpus() {
-    let Some((cpu, qnn, mut prompts)) = default_engines() else {
+    let Some((cpu, qnn, prompts)) = default_engines() else {
         return;
     };
-    // Shortest first; the sort is stable, so ties keep the fixture's order.
-    prompts.sort_by_key(|(_, p)| p.len());
-    prompts.truncate(5);
     eprintln!("{:?}", qnn.accelerator_report().unwrap());
     let mut equal = 0;
     for (name, prompt) in &prompts {

@@ -6,6 +6,7 @@
 
 use coordgen::{Engine, EngineOptions, VulkanOptions};
 use coordgen_graph::DType;
+use coordgen_tests::greedy;
 use coordgen_tests::synthetic::{tiny_weights, write_tiny_gguf};
 use std::path::{Path, PathBuf};
 
@@ -216,27 +217,6 @@ fn without_a_vulkan_driver_the_error_says_so() {
     );
 }
 
-fn argmax(logits: &[f32]) -> u32 {
-    (0..logits.len())
-        .max_by(|&a, &b| logits[a].total_cmp(&logits[b]))
-        .unwrap_or(0) as u32
-}
-
-/// Greedy tokens after `prompt`.
-fn greedy(engine: &Engine, prompt: &[u32], n: usize) -> Vec<u32> {
-    let mut session = engine.session();
-    session.set_tokens(prompt).unwrap();
-    let mut out = Vec::with_capacity(n);
-    while out.len() < n {
-        let t = argmax(session.logits());
-        out.push(t);
-        if out.len() < n {
-            session.append(&[t]).unwrap();
-        }
-    }
-    out
-}
-
 /// The acceptance check on the default model: Vulkan gives the CPU's
 /// greedy tokens for 32 tokens on at least 4 of the greedy fixture's 5
 /// shortest prompts (measured: all 5, the logits bitwise equal).
@@ -248,25 +228,9 @@ fn default_model_greedy_tokens_on_vulkan_equal_the_cpus() {
     let Some(model) = coordgen_tests::default_model() else {
         return;
     };
-    let Some(fx) = coordgen_tests::fixture("greedy.json") else {
+    let Some(prompts) = coordgen_tests::shortest_greedy_prompts(5) else {
         return;
     };
-    let mut prompts: Vec<(String, Vec<u32>)> = fx["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| {
-            let tokens = c["prompt_tokens"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|t| t.as_u64().unwrap() as u32)
-                .collect();
-            (c["name"].as_str().unwrap_or("?").to_string(), tokens)
-        })
-        .collect();
-    prompts.sort_by_key(|(_, p)| p.len());
-    prompts.truncate(5);
     let options = |gpu| EngineOptions {
         threads: Some(2),
         context_length: 256,
@@ -280,8 +244,8 @@ fn default_model_greedy_tokens_on_vulkan_equal_the_cpus() {
     let gpu = Engine::load(&model, options(Some(validated()))).unwrap();
     let mut equal = 0;
     for (name, prompt) in &prompts {
-        let want = greedy(&cpu, prompt, 32);
-        let got = greedy(&gpu, prompt, 32);
+        let (want, _) = greedy(&cpu, prompt, 32);
+        let (got, _) = greedy(&gpu, prompt, 32);
         let same = got.iter().zip(&want).take_while(|(a, b)| a == b).count();
         eprintln!(
             "{name} ({} tokens): {same} of 32 greedy tokens equal",

@@ -1142,18 +1142,10 @@ impl CpuExecutable {
             let prefix = match tree {
                 None => past + r + 1,
                 Some(m) => {
-                    for j in 0..n {
-                        if m[r * width + j] != 0 {
-                            // Row j sits in slot past + j but stands at its
-                            // depth (its visible rows, itself included, minus one).
-                            let depth = m[j * width..j * width + n]
-                                .iter()
-                                .filter(|&&v| v != 0)
-                                .count();
-                            slots.push((past + j) as u32);
-                            positions.push((past + depth.saturating_sub(1)) as u32);
-                        }
-                    }
+                    coordgen_kernels::attention::tree_row_extras(m, width, n, past, r, |s, p| {
+                        slots.push(s);
+                        positions.push(p);
+                    });
                     past
                 }
             };

@@ -1139,21 +1139,21 @@ impl VulkanExecutable {
             words.resize(base + 3 * n, 0);
             let mut longest = 0;
             for r in 0..n {
-                let (prefix, start) = (words.len(), words.len());
-                let _ = prefix;
+                let start = words.len();
                 let prefix_len = match &tree {
                     None => past + r + 1,
                     Some(m) => {
-                        for j in 0..n {
-                            if m[r * width + j] != 0 {
-                                let depth = m[j * width..j * width + n]
-                                    .iter()
-                                    .filter(|&&v| v != 0)
-                                    .count();
-                                words.push((past + j) as u32);
-                                words.push((past + depth.saturating_sub(1)) as u32);
-                            }
-                        }
+                        coordgen_kernels::attention::tree_row_extras(
+                            m,
+                            width,
+                            n,
+                            past,
+                            r,
+                            |s, p| {
+                                words.push(s);
+                                words.push(p);
+                            },
+                        );
                         past
                     }
                 };
