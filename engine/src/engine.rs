@@ -459,6 +459,13 @@ impl Engine {
         }
     }
 
+    /// Bytes the GPU's executables copied between the sessions' memory and
+    /// their mirrors (zero on unified memory, where sessions live in memory
+    /// the GPU binds in place).
+    pub fn gpu_bytes_copied(&self) -> u64 {
+        self.inner.gpu.as_ref().map_or(0, |g| g.bytes_copied())
+    }
+
     /// Whether the GPU was lost and the CPU runs everything now.
     pub fn gpu_lost(&self) -> bool {
         self.inner
@@ -520,7 +527,14 @@ impl Engine {
     }
 
     pub(crate) fn new_state(&self) -> SessionState {
-        SessionState::new(&self.inner.plan)
+        match &self.inner.gpu {
+            // Memory the GPU binds in place; plain memory where it cannot lend.
+            Some(gpu) => SessionState::new_in(&self.inner.plan, &mut |len| {
+                gpu.session_buffer(len)
+                    .unwrap_or_else(|_| coordgen_graph::HostBuffer::zeroed(len))
+            }),
+            None => SessionState::new(&self.inner.plan),
+        }
     }
 
     /// Runs `tokens` (at `positions`) after `past_len` cached tokens and

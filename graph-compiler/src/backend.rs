@@ -65,18 +65,87 @@ impl ExecParams {
 }
 
 /// Host memory for a tensor, 8-byte aligned so it can be viewed as any
-/// element type the IR uses.
-#[derive(Clone, Debug, Default)]
+/// element type the IR uses: plain heap memory, or memory a backend lent
+/// (see [`LentMemory`]), e.g. a host-visible GPU buffer that the device then
+/// reads and writes in place, without copies.
+#[derive(Default)]
 pub struct HostBuffer {
-    words: Vec<u64>,
+    storage: Storage,
     len: usize,
+}
+
+enum Storage {
+    Owned(Vec<u64>),
+    Lent(LentMemory),
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Storage::Owned(Vec::new())
+    }
+}
+
+/// `len` bytes at `ptr` that a backend lends a session, kept alive by
+/// `owner` (which the backend recognizes again when it binds the buffer).
+pub struct LentMemory {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+    owner: Arc<dyn std::any::Any + Send + Sync>,
+}
+
+// SAFETY: the memory is owned by the `LentMemory` alone (see `new`), like
+// a `Vec`'s; moving or sharing it between threads moves or shares that
+// exclusive ownership, and `&`/`&mut` access follows the usual borrow rules
+// through `HostBuffer`.
+unsafe impl Send for LentMemory {}
+// SAFETY: as above: shared references only read.
+unsafe impl Sync for LentMemory {}
+
+impl LentMemory {
+    /// # Safety
+    /// `ptr` must be 8-byte aligned and valid for reads and writes of `len`
+    /// zero-initialized bytes for as long as `owner` lives, and nothing but
+    /// the returned value may access those bytes from the host (a backend
+    /// may access them only during a run that borrows the session state).
+    pub unsafe fn new(
+        ptr: std::ptr::NonNull<u8>,
+        len: usize,
+        owner: Arc<dyn std::any::Any + Send + Sync>,
+    ) -> Self {
+        LentMemory { ptr, len, owner }
+    }
+
+    /// What keeps the memory alive, for the backend that lent it.
+    pub fn owner(&self) -> &Arc<dyn std::any::Any + Send + Sync> {
+        &self.owner
+    }
 }
 
 impl HostBuffer {
     pub fn zeroed(len: usize) -> Self {
         HostBuffer {
-            words: vec![0; len.div_ceil(8)],
+            storage: Storage::Owned(vec![0; len.div_ceil(8)]),
             len,
+        }
+    }
+
+    /// A buffer over lent memory (`None` if it is not 8-byte aligned).
+    pub fn lent(memory: LentMemory) -> Option<Self> {
+        if !(memory.ptr.as_ptr() as usize).is_multiple_of(8) {
+            return None;
+        }
+        let len = memory.len;
+        Some(HostBuffer {
+            storage: Storage::Lent(memory),
+            len,
+        })
+    }
+
+    /// The owner of lent memory (`None` for heap memory).
+    pub fn lent_owner(&self) -> Option<&Arc<dyn std::any::Any + Send + Sync>> {
+        match &self.storage {
+            Storage::Lent(m) => Some(m.owner()),
+            Storage::Owned(_) => None,
         }
     }
 
@@ -89,18 +158,31 @@ impl HostBuffer {
     }
 
     pub fn as_bytes(&self) -> &[u8] {
-        let bytes: &[u8] = bytemuck::cast_slice(&self.words);
-        &bytes[..self.len]
+        match &self.storage {
+            Storage::Owned(words) => {
+                let bytes: &[u8] = bytemuck::cast_slice(words);
+                &bytes[..self.len]
+            }
+            // SAFETY: valid for `len` bytes while the owner lives (`LentMemory::new`),
+            // and `&self` excludes writers.
+            Storage::Lent(m) => unsafe { std::slice::from_raw_parts(m.ptr.as_ptr(), m.len) },
+        }
     }
 
     pub fn as_bytes_mut(&mut self) -> &mut [u8] {
-        let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut self.words);
-        &mut bytes[..self.len]
+        match &mut self.storage {
+            Storage::Owned(words) => {
+                let bytes: &mut [u8] = bytemuck::cast_slice_mut(words);
+                &mut bytes[..self.len]
+            }
+            // SAFETY: as in `as_bytes`; `&mut self` makes this view exclusive.
+            Storage::Lent(m) => unsafe { std::slice::from_raw_parts_mut(m.ptr.as_ptr(), m.len) },
+        }
     }
 
     /// Base pointer, for executors that hand disjoint views to kernels.
     pub fn as_mut_ptr(&mut self) -> *mut u8 {
-        self.words.as_mut_ptr().cast()
+        self.as_bytes_mut().as_mut_ptr()
     }
 
     /// Typed view of the whole buffer (`None` if the size is not a multiple).
@@ -110,6 +192,24 @@ impl HostBuffer {
 
     pub fn view_mut<T: bytemuck::Pod>(&mut self) -> Option<&mut [T]> {
         bytemuck::try_cast_slice_mut(self.as_bytes_mut()).ok()
+    }
+}
+
+/// A copy in heap memory: lent memory is never shared by two buffers.
+impl Clone for HostBuffer {
+    fn clone(&self) -> Self {
+        let mut copy = HostBuffer::zeroed(self.len);
+        copy.as_bytes_mut().copy_from_slice(self.as_bytes());
+        copy
+    }
+}
+
+impl std::fmt::Debug for HostBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostBuffer")
+            .field("len", &self.len)
+            .field("lent", &matches!(self.storage, Storage::Lent(_)))
+            .finish()
     }
 }
 
@@ -152,10 +252,19 @@ impl KvCache {
     /// `halves` halves of `half_bytes` each (a multiple of 8 keeps every
     /// half 8-byte aligned).
     pub fn zeroed(halves: usize, half_bytes: usize) -> Self {
+        Self::zeroed_in(halves, half_bytes, &mut HostBuffer::zeroed)
+    }
+
+    /// [`KvCache::zeroed`] in memory from `alloc` (zeroed, `len` bytes).
+    pub fn zeroed_in(
+        halves: usize,
+        half_bytes: usize,
+        alloc: &mut dyn FnMut(usize) -> HostBuffer,
+    ) -> Self {
         let half_bytes = half_bytes.next_multiple_of(8);
         let half_stride = half_bytes.saturating_add(HALF_STAGGER);
         KvCache {
-            buf: HostBuffer::zeroed(halves.saturating_mul(half_stride)),
+            buf: alloc(halves.saturating_mul(half_stride)),
             half_bytes,
             half_stride,
             halves,
@@ -181,6 +290,16 @@ impl KvCache {
         self.buf.is_empty()
     }
 
+    /// Byte offset of half `id` in [`KvCache::buffer`], if it exists.
+    pub fn half_offset(&self, id: usize) -> Option<usize> {
+        (id < self.halves).then(|| id * self.half_stride)
+    }
+
+    /// The one buffer that holds every half.
+    pub fn buffer(&self) -> &HostBuffer {
+        &self.buf
+    }
+
     /// Half `id` (`2 · layer` for K, `2 · layer + 1` for V), if it exists.
     pub fn half_mut(&mut self, id: usize) -> Option<&mut [u8]> {
         if id >= self.halves {
@@ -195,17 +314,23 @@ impl KvCache {
 
 impl SessionState {
     pub fn new(plan: &Plan) -> Self {
+        Self::new_in(plan, &mut HostBuffer::zeroed)
+    }
+
+    /// A state whose buffers come from `alloc` (zeroed, `len` bytes each):
+    /// e.g. memory a GPU backend can bind in place.
+    pub fn new_in(plan: &Plan, alloc: &mut dyn FnMut(usize) -> HostBuffer) -> Self {
         let boundaries = plan
             .boundary_decls
             .iter()
-            .map(|b| HostBuffer::zeroed(b.dtype.bytes_for(b.elements).unwrap_or(0)))
+            .map(|b| alloc(b.dtype.bytes_for(b.elements).unwrap_or(0)))
             .collect();
         let c = &plan.config;
         let per_half = crate::kv_capacity(plan.options.context_length)
             * c.n_kv_heads
             * c.head_dim
             * DType::F16.block_bytes();
-        let kv = KvCache::zeroed(2 * c.n_layers, per_half);
+        let kv = KvCache::zeroed_in(2 * c.n_layers, per_half, alloc);
         let arena_bytes = plan
             .buckets
             .iter()
@@ -215,7 +340,7 @@ impl SessionState {
             .unwrap_or(0);
         SessionState {
             boundaries,
-            arena: HostBuffer::zeroed(arena_bytes),
+            arena: alloc(arena_bytes),
             kv,
         }
     }

@@ -224,6 +224,8 @@ fn every_op(plan: &Plan, weights: &MemWeights, label: &str) {
         }
     }
     eprintln!("{label}: {checked} op runs agree with the CPU; ops: {ops_seen:?}");
+    // These states are heap memory: the runs went through the mirrors.
+    assert!(gpu.bytes_copied() > 0);
     assert_eq!(ops_seen.len(), 8, "every op of the IR was exercised");
 }
 

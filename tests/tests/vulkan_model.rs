@@ -86,6 +86,8 @@ fn a_tiny_gguf_model_on_vulkan_matches_the_cpu_in_its_logits() {
             "{report:?}"
         );
         let (want, got) = (logits(&cpu), logits(&gpu));
+        // Sessions live in the device's unified memory: nothing is copied.
+        assert_eq!(gpu.gpu_bytes_copied(), 0, "{dtype}: the runs copied");
         assert!(got.iter().all(|v| v.is_finite()));
         assert_eq!(
             bits(&got),

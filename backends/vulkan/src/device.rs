@@ -115,6 +115,8 @@ pub struct Context {
     debug: Option<(ash::ext::debug_utils::Instance, vk::DebugUtilsMessengerEXT)>,
     pub(crate) validation: Arc<ValidationLog>,
     lost: std::sync::atomic::AtomicBool,
+    /// Bytes copied between session memory and mirrors (not zero-copy).
+    pub(crate) copied: std::sync::atomic::AtomicU64,
     pub(crate) instance: ash::Instance,
     _entry: ash::Entry,
 }
@@ -342,6 +344,7 @@ impl Context {
             debug,
             validation,
             lost: std::sync::atomic::AtomicBool::new(false),
+            copied: std::sync::atomic::AtomicU64::new(0),
             instance,
             _entry: entry,
         }))

@@ -56,11 +56,38 @@ enum Place {
 }
 
 /// A buffer binding of one dispatch.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Binding {
     buffer: vk::Buffer,
     offset: u64,
     range: u64,
+}
+
+/// A session buffer an executable binds: in place when the session lent it
+/// from this device (zero-copy), else through the executable's mirror.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Mem {
+    Arena,
+    Boundary(usize),
+    Kv(usize),
+}
+
+/// What one binding of a dispatch refers to.
+#[derive(Clone, Copy, Debug)]
+enum Source {
+    /// The executable's own buffers (weights, scratch, tables).
+    Fixed(Binding),
+    /// A session buffer, resolved per run.
+    Session(Mem),
+}
+
+/// The memory a [`crate::VulkanBackend`] lends a session: a host-visible,
+/// coherent, cached buffer of its device.
+pub(crate) struct Lent {
+    pub(crate) buffer: Buffer,
+    /// The context it belongs to (by address), so another device's
+    /// executables never bind it.
+    pub(crate) context: usize,
 }
 
 /// One recorded step of a run.
@@ -68,14 +95,15 @@ enum Step {
     Dispatch {
         pipeline: Arc<Pipeline>,
         set: vk::DescriptorSet,
+        sources: Vec<Source>,
         /// Fills the push constants and the group counts for a run.
         shape: Shape,
     },
     /// `vkCmdCopyBuffer` of the selected rows (SelectRows).
     CopyRows {
-        src: vk::Buffer,
+        src: Source,
         src_offset: u64,
-        dst: vk::Buffer,
+        dst: Source,
         dst_offset: u64,
         row_bytes: u64,
         rows: RowSelection,
@@ -111,6 +139,10 @@ pub struct VulkanExecutable {
     _scores: Buffer,
     _act: Buffer,
     steps: Vec<Step>,
+    /// Session buffers every step binds, and where the last run bound them
+    /// (descriptor sets are rewritten when that changes, i.e. per session).
+    mems: Vec<Mem>,
+    bound: Vec<Binding>,
     /// Attention ops (node index) and RoPE ops, prepared on the host per run.
     attention_ops: Vec<usize>,
     rope_ops: Vec<usize>,
@@ -118,6 +150,16 @@ pub struct VulkanExecutable {
     command_pool: vk::CommandPool,
     command_buffer: vk::CommandBuffer,
     fence: vk::Fence,
+}
+
+/// The session buffer a place is in.
+fn mem_of(place: Place) -> Option<Mem> {
+    match place {
+        Place::Arena(_) => Some(Mem::Arena),
+        Place::Boundary(id) => Some(Mem::Boundary(id)),
+        Place::Kv(id) => Some(Mem::Kv(id)),
+        Place::Weight(_) | Place::Unused => None,
+    }
 }
 
 fn bad(graph: &Subgraph, message: impl Into<String>) -> Error {
@@ -551,6 +593,8 @@ impl VulkanExecutable {
             _scores: scores,
             _act: act,
             steps: Vec::new(),
+            mems: Vec::new(),
+            bound: Vec::new(),
             attention_ops: Vec::new(),
             rope_ops: Vec::new(),
             descriptor_pool: owned.descriptor_pool,
@@ -560,48 +604,155 @@ impl VulkanExecutable {
         };
         owned.forget();
         exe.build_steps(pipelines)?;
+        let mut mems: Vec<Mem> = exe.places.iter().filter_map(|&p| mem_of(p)).collect();
+        mems.sort();
+        mems.dedup();
+        exe.mems = mems;
+        exe.bound = exe
+            .mems
+            .iter()
+            .map(|&m| exe.mirror_binding(m))
+            .collect::<Result<_, _>>()?;
         Ok(exe)
     }
 
     /// The binding of tensor `t` (its whole buffer; arena tensors carry
     /// their offset in the push constants instead) and its element offset
     /// in units of `elem` bytes.
-    fn bind(&self, t: TensorId, elem: usize) -> Result<(Binding, u32), Error> {
-        let whole = |b: &Buffer| Binding {
-            buffer: b.buffer,
-            offset: 0,
-            range: vk::WHOLE_SIZE,
-        };
+    fn bind(&self, t: TensorId, elem: usize) -> Result<(Source, u32), Error> {
         let missing = || bad(&self.graph, format!("tensor {} has no device buffer", t.0));
         match self.places.get(t.0).copied() {
-            Some(Place::Arena(offset)) => {
-                let arena = self.arena.as_ref().ok_or_else(missing)?;
-                Ok((whole(arena), (offset / elem) as u32))
+            Some(Place::Arena(offset)) => Ok((Source::Session(Mem::Arena), (offset / elem) as u32)),
+            Some(Place::Boundary(id)) => Ok((Source::Session(Mem::Boundary(id)), 0)),
+            Some(Place::Kv(id)) => Ok((Source::Session(Mem::Kv(id)), 0)),
+            Some(Place::Weight(i)) => {
+                Ok((Self::whole(self._weights.get(i).ok_or_else(missing)?), 0))
             }
-            Some(Place::Boundary(id)) => {
-                Ok((whole(self.boundaries.get(&id).ok_or_else(missing)?), 0))
-            }
-            Some(Place::Kv(id)) => Ok((whole(self.kv.get(&id).ok_or_else(missing)?), 0)),
-            Some(Place::Weight(i)) => Ok((whole(self._weights.get(i).ok_or_else(missing)?), 0)),
             _ => Err(missing()),
         }
     }
 
-    fn weight_binding(&self, t: TensorId, offset: u64, range: u64) -> Result<Binding, Error> {
-        let (b, _) = self.bind(t, 1)?;
+    fn weight_binding(&self, t: TensorId, offset: u64, range: u64) -> Result<Source, Error> {
+        match self.places.get(t.0).copied() {
+            Some(Place::Weight(i)) => {
+                let buffer = self
+                    ._weights
+                    .get(i)
+                    .ok_or_else(|| bad(&self.graph, "weight missing"))?;
+                Ok(Source::Fixed(Binding {
+                    buffer: buffer.buffer,
+                    offset,
+                    range,
+                }))
+            }
+            _ => Err(bad(&self.graph, format!("tensor {} is not a weight", t.0))),
+        }
+    }
+
+    fn whole(buffer: &Buffer) -> Source {
+        Source::Fixed(Binding {
+            buffer: buffer.buffer,
+            offset: 0,
+            range: vk::WHOLE_SIZE,
+        })
+    }
+
+    /// The executable's mirror of session buffer `mem`.
+    fn mirror_binding(&self, mem: Mem) -> Result<Binding, Error> {
+        let buffer = match mem {
+            Mem::Arena => self.arena.as_ref(),
+            Mem::Boundary(id) => self.boundaries.get(&id),
+            Mem::Kv(id) => self.kv.get(&id),
+        };
+        let buffer = buffer.ok_or_else(|| bad(&self.graph, format!("no mirror of {mem:?}")))?;
         Ok(Binding {
-            buffer: b.buffer,
+            buffer: buffer.buffer,
+            offset: 0,
+            range: vk::WHOLE_SIZE,
+        })
+    }
+
+    /// Session buffer `mem` in place, when the session lent it from this
+    /// device and its offset suits a binding.
+    fn session_binding(&self, state: &SessionState, mem: Mem) -> Option<Binding> {
+        let (host, offset, range) = match mem {
+            Mem::Arena => (&state.arena, 0, vk::WHOLE_SIZE),
+            Mem::Boundary(id) => (state.boundaries.get(id)?, 0, vk::WHOLE_SIZE),
+            Mem::Kv(id) => (
+                state.kv.buffer(),
+                state.kv.half_offset(id)? as u64,
+                state.kv.half_bytes() as u64,
+            ),
+        };
+        let lent = host.lent_owner()?.downcast_ref::<Lent>()?;
+        let aligned =
+            offset.is_multiple_of(self.ctx.limits.min_storage_buffer_offset_alignment.max(1));
+        (lent.context == Arc::as_ptr(&self.ctx) as usize && aligned).then_some(Binding {
+            buffer: lent.buffer.buffer,
             offset,
             range,
         })
     }
 
-    fn whole(buffer: &Buffer) -> Binding {
-        Binding {
-            buffer: buffer.buffer,
-            offset: 0,
-            range: vk::WHOLE_SIZE,
+    /// Where a source points under the current bindings.
+    fn resolve(&self, source: Source) -> Binding {
+        match source {
+            Source::Fixed(b) => b,
+            Source::Session(mem) => self
+                .mems
+                .iter()
+                .position(|&m| m == mem)
+                .and_then(|i| self.bound.get(i).copied())
+                .unwrap_or(Binding {
+                    buffer: vk::Buffer::null(),
+                    offset: 0,
+                    range: 0,
+                }),
         }
+    }
+
+    /// Binds each session buffer in place where the session lent it, else
+    /// its mirror; rewrites the descriptor sets when that changed. Returns
+    /// which session buffers are bound in place.
+    fn bind_session(&mut self, state: &SessionState) -> Result<Vec<bool>, Error> {
+        let mut in_place = Vec::with_capacity(self.mems.len());
+        let mut bound = Vec::with_capacity(self.mems.len());
+        for &mem in &self.mems {
+            match self.session_binding(state, mem) {
+                Some(b) => {
+                    in_place.push(true);
+                    bound.push(b);
+                }
+                None => {
+                    in_place.push(false);
+                    bound.push(self.mirror_binding(mem)?);
+                }
+            }
+        }
+        if bound != self.bound {
+            self.bound = bound;
+            for step in &self.steps {
+                if let Step::Dispatch { set, sources, .. } = step {
+                    let bindings: Vec<Binding> = sources.iter().map(|&s| self.resolve(s)).collect();
+                    self.write_set(*set, &bindings);
+                }
+            }
+        }
+        Ok(in_place)
+    }
+
+    fn count_copied(&self, bytes: usize) {
+        self.ctx
+            .copied
+            .fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether tensor `t` lives in a session buffer bound in place.
+    fn in_place(&self, t: TensorId, in_place: &[bool]) -> bool {
+        mem_of(self.places[t.0])
+            .and_then(|m| self.mems.iter().position(|&x| x == m))
+            .and_then(|i| in_place.get(i).copied())
+            .unwrap_or(false)
     }
 
     /// Allocates and writes one descriptor set.
@@ -610,6 +761,12 @@ impl VulkanExecutable {
         pipeline: &Pipeline,
         bindings: &[Binding],
     ) -> Result<vk::DescriptorSet, Error> {
+        let set = self.allocate_set(pipeline)?;
+        self.write_set(set, bindings);
+        Ok(set)
+    }
+
+    fn allocate_set(&self, pipeline: &Pipeline) -> Result<vk::DescriptorSet, Error> {
         let layouts = [pipeline.set_layout];
         let alloc = vk::DescriptorSetAllocateInfo::default()
             .descriptor_pool(self.descriptor_pool)
@@ -619,6 +776,12 @@ impl VulkanExecutable {
             .map_err(vk_err("vkAllocateDescriptorSets"))?
             .first()
             .ok_or(Error::DeviceLost)?;
+        Ok(set)
+    }
+
+    /// Points the bindings of `set` at `bindings` (no run is pending: each
+    /// run waits for its fence).
+    fn write_set(&self, set: vk::DescriptorSet, bindings: &[Binding]) {
         let infos: Vec<[vk::DescriptorBufferInfo; 1]> = bindings
             .iter()
             .map(|b| {
@@ -639,9 +802,10 @@ impl VulkanExecutable {
                     .buffer_info(info)
             })
             .collect();
-        // SAFETY: the set and every buffer exist; the buffers outlive the set.
+        // SAFETY: the set and every buffer exist and outlive the set's use
+        // (session buffers outlive the run that binds them); the set is not
+        // in use by a pending command buffer.
         unsafe { self.ctx.device.update_descriptor_sets(&writes, &[]) };
-        Ok(set)
     }
 
     fn dispatch(
@@ -649,20 +813,29 @@ impl VulkanExecutable {
         pipelines: &Pipelines,
         shader: Shader,
         variant: u32,
-        bindings: &[Binding],
+        sources: &[Source],
         shape: Shape,
     ) -> Result<(), Error> {
         let pipeline = pipelines.get(shader, variant)?;
-        if bindings.len() != shader.bindings() as usize {
+        if sources.len() != shader.bindings() as usize {
             return Err(bad(
                 &self.graph,
                 format!("{} takes {} buffers", shader.name(), shader.bindings()),
             ));
         }
-        let set = self.descriptor_set(&pipeline, bindings)?;
+        // Written for real by the first run's `bind_session`; mirrors until then.
+        let bindings: Vec<Binding> = sources
+            .iter()
+            .map(|&s| match s {
+                Source::Fixed(b) => Ok(b),
+                Source::Session(m) => self.mirror_binding(m),
+            })
+            .collect::<Result<_, _>>()?;
+        let set = self.descriptor_set(&pipeline, &bindings)?;
         self.steps.push(Step::Dispatch {
             pipeline,
             set,
+            sources: sources.to_vec(),
             shape,
         });
         Ok(())
@@ -952,9 +1125,9 @@ impl VulkanExecutable {
                     let (xb, xoff) = self.bind(x, 1)?;
                     let (ob, ooff) = self.bind(out, 1)?;
                     self.steps.push(Step::CopyRows {
-                        src: xb.buffer,
+                        src: xb,
                         src_offset: xoff as u64,
-                        dst: ob.buffer,
+                        dst: ob,
                         dst_offset: ooff as u64,
                         row_bytes: (cols(&decl(x)) * 4) as u64,
                         rows,
@@ -1221,6 +1394,7 @@ impl VulkanExecutable {
                         pipeline,
                         set,
                         shape: f,
+                        ..
                     } => {
                         let (words, g) = f(shape);
                         if g.contains(&0) {
@@ -1261,11 +1435,12 @@ impl VulkanExecutable {
                             RowSelection::All => (0, shape.n as u64),
                             RowSelection::LastValid => (shape.n as u64 - 1, 1),
                         };
+                        let (src, dst) = (self.resolve(*src), self.resolve(*dst));
                         let region = vk::BufferCopy::default()
-                            .src_offset(src_offset + from * row_bytes)
-                            .dst_offset(*dst_offset)
+                            .src_offset(src.offset + src_offset + from * row_bytes)
+                            .dst_offset(dst.offset + *dst_offset)
                             .size(count * row_bytes);
-                        device.cmd_copy_buffer(cmd, *src, *dst, &[region]);
+                        device.cmd_copy_buffer(cmd, src.buffer, dst.buffer, &[region]);
                     }
                 }
                 barrier(device, cmd, false);
@@ -1288,10 +1463,15 @@ impl VulkanExecutable {
         }
         self.check_ids(state, n)?;
         let shape = self.prepare(state, params)?;
+        let in_place = self.bind_session(state)?;
         for t in self.inputs.clone() {
+            if self.in_place(t, &in_place) {
+                continue;
+            }
             let range = self.live_range(t, n, past, false);
             let src = self.host(state, t)?.get(range.clone()).map(<[u8]>::to_vec);
             let src = src.ok_or_else(|| bad(&self.graph, "input range outside its tensor"))?;
+            self.count_copied(range.len());
             let (dst, offset) = self.mirror(t)?;
             dst.get_mut(offset + range.start..offset + range.end)
                 .ok_or_else(|| Error::Memory("mirror smaller than its tensor".into()))?
@@ -1302,7 +1482,11 @@ impl VulkanExecutable {
         unsafe { self.ctx.device.reset_fences(&[self.fence]) }.map_err(vk_err("vkResetFences"))?;
         submit_and_wait(&self.ctx, self.command_buffer, self.fence)?;
         for t in self.outputs.clone() {
+            if self.in_place(t, &in_place) {
+                continue;
+            }
             let range = self.live_range(t, n, past, true);
+            self.count_copied(range.len());
             let (src, offset) = self.mirror(t)?;
             let src = src
                 .get(offset + range.start..offset + range.end)

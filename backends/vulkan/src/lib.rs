@@ -23,7 +23,7 @@ mod exec;
 mod memory;
 mod pipelines;
 
-use coordgen_graph::{Backend, DType, Executable, Op, Piece, Subgraph, WeightSource};
+use coordgen_graph::{Backend, DType, Executable, HostBuffer, Op, Piece, Subgraph, WeightSource};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -159,6 +159,42 @@ impl VulkanBackend {
     /// moving to the CPU.
     pub fn mark_lost(&self) {
         self.ctx.mark_lost();
+    }
+
+    /// `len` zeroed bytes of session memory that this device reads and
+    /// writes in place (zero-copy): a buffer of unified memory, mapped for
+    /// the host. Where the device has no unified memory (a discrete GPU),
+    /// plain heap memory: the executables then copy through their mirrors.
+    pub fn session_buffer(&self, len: usize) -> Result<HostBuffer, Error> {
+        if len == 0 {
+            return Ok(HostBuffer::zeroed(0));
+        }
+        let mut buffer = Buffer::new(&self.ctx, "session", len as u64, Placement::Shared)?;
+        if !buffer.unified() {
+            return Ok(HostBuffer::zeroed(len));
+        }
+        let ptr = buffer
+            .mapped_mut()
+            .and_then(|m| std::ptr::NonNull::new(m.as_mut_ptr()))
+            .ok_or_else(|| Error::Memory("session memory is not mapped".into()))?;
+        let owner = Arc::new(exec::Lent {
+            buffer,
+            context: Arc::as_ptr(&self.ctx) as usize,
+        });
+        // SAFETY: the mapping stays valid while the buffer lives, and the
+        // `Lent` owner (in the LentMemory) keeps it alive; `Buffer::new`
+        // zeroed it and holds at least `len` bytes; the host reaches it only
+        // through the returned HostBuffer, and the device only in the runs
+        // of executables that borrow the session state holding it.
+        let memory = unsafe { coordgen_graph::LentMemory::new(ptr, len, owner) };
+        HostBuffer::lent(memory).ok_or_else(|| Error::Memory("session memory is misaligned".into()))
+    }
+
+    /// Bytes copied so far between session memory and the executables'
+    /// mirrors: zero while every session lives in memory from
+    /// [`VulkanBackend::session_buffer`] on unified memory.
+    pub fn bytes_copied(&self) -> u64 {
+        self.ctx.copied.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Bytes of weights uploaded so far.

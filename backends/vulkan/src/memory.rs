@@ -110,6 +110,18 @@ impl Buffer {
         self.size
     }
 
+    /// Whether the host reads this memory at full speed and sees the
+    /// device's writes without flushes (host-visible, coherent and cached:
+    /// unified memory, lavapipe's included).
+    pub fn unified(&self) -> bool {
+        let wanted = vk::MemoryPropertyFlags::HOST_VISIBLE
+            | vk::MemoryPropertyFlags::HOST_COHERENT
+            | vk::MemoryPropertyFlags::HOST_CACHED;
+        self.allocation
+            .as_ref()
+            .is_some_and(|a| a.memory_properties().contains(wanted) && a.mapped_ptr().is_some())
+    }
+
     /// The mapped bytes, when the memory is host-visible.
     pub fn mapped(&self) -> Option<&[u8]> {
         self.allocation.as_ref()?.mapped_slice()
