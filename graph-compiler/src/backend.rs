@@ -42,6 +42,33 @@ pub trait WeightSource: WeightCatalog + Send + Sync {
     fn bytes(&self, name: &str) -> Option<WeightBytes>;
 }
 
+/// The bytes of weight `name` for tensor `t` of a graph, checked against the
+/// tensor's dtype, shape and size; the error says what differs (for a
+/// backend to wrap with the weight's name).
+pub fn weight_bytes_for(
+    weights: &dyn WeightSource,
+    name: &str,
+    t: &crate::TensorDecl,
+) -> Result<WeightBytes, String> {
+    let desc = weights
+        .describe(name)
+        .ok_or_else(|| "not in the model".to_string())?;
+    if desc.dtype != t.dtype || desc.shape != t.shape {
+        return Err(format!(
+            "model has {} {:?}, graph expects {} {:?}",
+            desc.dtype, desc.shape, t.dtype, t.shape
+        ));
+    }
+    let bytes = weights.bytes(name).ok_or_else(|| "no data".to_string())?;
+    let size = t
+        .n_bytes()
+        .ok_or_else(|| "its shape is not whole blocks".to_string())?;
+    if bytes.as_slice().len() != size {
+        return Err(format!("{} bytes, expected {size}", bytes.as_slice().len()));
+    }
+    Ok(bytes)
+}
+
 /// What changes from one run of a static-shape subgraph to the next.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ExecParams {

@@ -16,8 +16,8 @@ pub mod partition;
 mod summary;
 
 pub use backend::{
-    Backend, ExecParams, Executable, HostBuffer, KvCache, LentMemory, SessionState, WeightBytes,
-    WeightSource,
+    weight_bytes_for, Backend, ExecParams, Executable, HostBuffer, KvCache, LentMemory,
+    SessionState, WeightBytes, WeightSource,
 };
 pub use config::{names, ModelConfig, WeightCatalog, WeightDesc};
 pub use ir::*;

@@ -248,29 +248,13 @@ impl CpuExecutable {
             sizes.push(size);
             places.push(match &t.kind {
                 TensorKind::Weight { name } => {
-                    let desc = weights.describe(name).ok_or_else(|| Error::BadWeight {
-                        name: name.clone(),
-                        message: "not in the model".into(),
-                    })?;
-                    if desc.dtype != t.dtype || desc.shape != t.shape {
-                        return Err(Error::BadWeight {
-                            name: name.clone(),
-                            message: format!(
-                                "model has {} {:?}, graph expects {} {:?}",
-                                desc.dtype, desc.shape, t.dtype, t.shape
-                            ),
-                        });
-                    }
-                    let mut bytes = weights.bytes(name).ok_or_else(|| Error::BadWeight {
-                        name: name.clone(),
-                        message: "no data".into(),
-                    })?;
-                    if bytes.as_slice().len() != size {
-                        return Err(Error::BadWeight {
-                            name: name.clone(),
-                            message: format!("{} bytes, expected {size}", bytes.as_slice().len()),
-                        });
-                    }
+                    let mut bytes =
+                        coordgen_graph::weight_bytes_for(weights, name, t).map_err(|message| {
+                            Error::BadWeight {
+                                name: name.clone(),
+                                message,
+                            }
+                        })?;
                     if let (Some(cache), Some(true), &[rows, cols]) =
                         (repack, matmul_only[ti], t.shape.as_slice())
                     {

@@ -431,20 +431,7 @@ impl VulkanExecutable {
             })?;
             places.push(match &t.kind {
                 TensorKind::Weight { name } => {
-                    let desc = weights.describe(name).ok_or_else(|| Error::BadWeight {
-                        name: name.clone(),
-                        message: "not in the model".into(),
-                    })?;
-                    if desc.dtype != t.dtype || desc.shape != t.shape {
-                        return Err(Error::BadWeight {
-                            name: name.clone(),
-                            message: format!(
-                                "model has {} {:?}, graph expects {} {:?}",
-                                desc.dtype, desc.shape, t.dtype, t.shape
-                            ),
-                        });
-                    }
-                    weight_buffers.push(store.get(name, size, weights)?);
+                    weight_buffers.push(store.get(name, t, weights)?);
                     Place::Weight(weight_buffers.len() - 1)
                 }
                 TensorKind::Boundary { id } => {

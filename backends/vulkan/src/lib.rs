@@ -88,7 +88,7 @@ impl WeightStore {
     pub(crate) fn get(
         &self,
         name: &str,
-        size: usize,
+        tensor: &coordgen_graph::TensorDecl,
         weights: &dyn WeightSource,
     ) -> Result<Arc<Buffer>, Error> {
         let mut buffers = self.buffers.lock().unwrap_or_else(|p| p.into_inner());
@@ -99,18 +99,14 @@ impl WeightStore {
             .ctx
             .as_ref()
             .ok_or_else(|| Error::Memory("weight store without a device".into()))?;
-        let bytes = weights.bytes(name).ok_or_else(|| Error::BadWeight {
-            name: name.into(),
-            message: "no data".into(),
+        let bytes = coordgen_graph::weight_bytes_for(weights, name, tensor).map_err(|message| {
+            Error::BadWeight {
+                name: name.into(),
+                message,
+            }
         })?;
         let bytes = bytes.as_slice();
-        if bytes.len() != size {
-            return Err(Error::BadWeight {
-                name: name.into(),
-                message: format!("{} bytes, expected {size}", bytes.len()),
-            });
-        }
-        let mut buffer = Buffer::new(ctx, name, size as u64, Placement::Device)?;
+        let mut buffer = Buffer::new(ctx, name, bytes.len() as u64, Placement::Device)?;
         buffer.upload(0, bytes)?;
         let buffer = Arc::new(buffer);
         buffers.insert(name.to_string(), buffer.clone());
