@@ -90,9 +90,16 @@ pub mod synthetic;
 /// test may skip; `COORDGEN_REQUIRE_VULKAN=1` (set by `tools/test`) makes
 /// a missing driver or layer fail instead.
 pub fn vulkan() -> Option<coordgen_vulkan::VulkanBackend> {
+    vulkan_with(coordgen_vulkan::VulkanOptions::default())
+}
+
+/// [`vulkan`] with other options (validation is always on).
+pub fn vulkan_with(
+    options: coordgen_vulkan::VulkanOptions,
+) -> Option<coordgen_vulkan::VulkanBackend> {
     let options = coordgen_vulkan::VulkanOptions {
         validation: true,
-        ..Default::default()
+        ..options
     };
     match coordgen_vulkan::VulkanBackend::new(&options) {
         Ok(backend) => Some(backend),

@@ -91,6 +91,10 @@ pub struct BackendArgs {
     /// fails the run
     #[arg(long)]
     pub vulkan_validation: bool,
+    /// Run the Vulkan shader builds without f64 (what GPUs without f64 run:
+    /// native FMAs and f32 sums, within a tolerance of the CPU)
+    #[arg(long)]
+    pub vulkan_f32: bool,
 }
 
 /// The Vulkan options of the flags; the pipeline cache lives in
@@ -99,6 +103,7 @@ fn vulkan_options(args: &BackendArgs) -> coordgen::VulkanOptions {
     coordgen::VulkanOptions {
         device: args.vulkan_device.clone(),
         validation: args.vulkan_validation,
+        f32_only: args.vulkan_f32,
         pipeline_cache: Some(cache_base().join("vulkan").join("pipelines.bin")),
         ..Default::default()
     }

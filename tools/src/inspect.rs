@@ -36,10 +36,10 @@ fn list_vulkan_devices() -> Result<()> {
             d.name,
             d.kind,
             d.api_version,
-            if d.suitable {
-                ""
-            } else {
-                " - lacks 8/16-bit storage buffers or f64: unusable"
+            match (d.suitable, d.float64) {
+                (false, _) => " - lacks 8/16-bit storage buffers: unusable",
+                (true, true) => " - exact shaders (f64)",
+                (true, false) => " - shaders without f64 (within a tolerance of the CPU)",
             }
         );
     }

@@ -40,7 +40,7 @@ void main() {
     }
     for (uint d = 0u; d < p.head_dim; d++) {
         float key = half_to_float(uint(kc[key_block + (col0 + d) * 16u]));
-        precise float r2 = fma_exact(key, round_to_half(q[q_at + d]), acc[d % 16u]);
+        precise float r2 = fused(key, round_to_half(q[q_at + d]), acc[d % 16u]);
         acc[d % 16u] = r2;
     }
     precise float s = hsum16(acc) * p.scale;

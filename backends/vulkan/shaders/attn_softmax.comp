@@ -30,7 +30,7 @@ void main() {
     for (uint i = 0u; i < len; i++) {
         mx = max(mx, scores[base + i]);
     }
-    double sum = 0.0LF;
+    WIDE sum = WIDE(0.0);
     float chunk[16];
     for (int l = 0; l < 16; l++) {
         chunk[l] = 0.0;
@@ -43,7 +43,7 @@ void main() {
         uint pos = visible_entry(p.vis_offset, r, i).y;
         if (pos / 16u != chunk_id) {
             if (chunk_id != 0xffffffffu) {
-                sum += double(hsum16(chunk));
+                sum += WIDE(hsum16(chunk));
             }
             for (int l = 0; l < 16; l++) {
                 chunk[l] = 0.0;
@@ -53,9 +53,9 @@ void main() {
         chunk[pos % 16u] = e;
     }
     if (chunk_id != 0xffffffffu) {
-        sum += double(hsum16(chunk));
+        sum += WIDE(hsum16(chunk));
     }
-    float inv = float(1.0LF / sum);
+    float inv = float(WIDE(1.0) / sum);
     for (uint i = 0u; i < len; i++) {
         precise float pr = scores[base + i] * inv;
         scores[base + i] = round_to_half(pr);

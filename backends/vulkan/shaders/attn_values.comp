@@ -41,7 +41,7 @@ void main() {
         uvec2 entry = visible_entry(p.vis_offset, r, i);
         float v = half_to_float(uint(vc[entry.x * kv_dim + col]));
         uint lane = entry.y % 16u;
-        precise float acc = fma_exact(scores[base + i], v, lanes[lane]);
+        precise float acc = fused(scores[base + i], v, lanes[lane]);
         lanes[lane] = acc;
     }
     o[p.out_offset + (r * p.n_heads + h) * p.head_dim + d] = hsum16(lanes);

@@ -4,11 +4,25 @@
 // with the CPU bit for bit where the device computes IEEE-exact adds,
 // multiplies, FMAs, divides and square roots (lavapipe does).
 
+// Two builds of every shader (tools/compile-shaders): the default repeats
+// the CPU's roundings exactly, with f64 where f32 cannot (an FMA that
+// lavapipe would split in two, the f64 sums of norms and softmax); the
+// NO_F64 build, for devices without shaderFloat64 (most mobile GPUs), uses
+// the native fma and f32 sums, and agrees with the CPU within a tolerance.
+#ifdef NO_F64
+#define WIDE float
+// a · b + c: fused on GPUs with FMA units (lavapipe rounds twice).
+float fused(float a, float b, float c) {
+    return fma(a, b, c);
+}
+#else
+#define WIDE double
 // a · b + c rounded once (to f32, through an exact f64 product).
-float fma_exact(float a, float b, float c) {
+float fused(float a, float b, float c) {
     precise double s = double(a) * double(b) + double(c);
     return float(s);
 }
+#endif
 
 // f16 bits to f32: exact, subnormals included (no reliance on the
 // driver's conversion, whose handling of subnormals may vary).
@@ -67,22 +81,27 @@ float round_to_half(float f) {
 }
 
 // ggml's vectorized expf (`ggml_v_expf`), lane for lane as the CPU's
-// `ggml_expf`: the final scaling j · 2^n is one rounding, done in f64.
+// `ggml_expf`: the final scaling j · 2^n is one rounding, done in f64
+// (ldexp in the NO_F64 build: the same but for subnormal results).
 float ggml_expf(float x) {
     const float r = uintBitsToFloat(0x4b400000u);
-    precise float z = fma_exact(x, uintBitsToFloat(0x3fb8aa3bu), r);
+    precise float z = fused(x, uintBitsToFloat(0x3fb8aa3bu), r);
     precise float n = z - r;
-    precise float b = fma_exact(-n, uintBitsToFloat(0x35bfbe8eu), fma_exact(-n, uintBitsToFloat(0x3f317200u), x));
+    precise float b = fused(-n, uintBitsToFloat(0x35bfbe8eu), fused(-n, uintBitsToFloat(0x3f317200u), x));
     if (abs(n) > 192.0) {
         return (n <= 0.0) ? 0.0 : uintBitsToFloat(0x7f800000u);
     }
     precise float u = b * b;
-    precise float j = fma_exact(
-        fma_exact(fma_exact(uintBitsToFloat(0x3c072010u), b, uintBitsToFloat(0x3d2b9f17u)), u,
-            fma_exact(uintBitsToFloat(0x3e2aaf33u), b, uintBitsToFloat(0x3efffedbu))),
-        u, fma_exact(uintBitsToFloat(0x3f7ffff6u), b, 1.0));
+    precise float j = fused(
+        fused(fused(uintBitsToFloat(0x3c072010u), b, uintBitsToFloat(0x3d2b9f17u)), u,
+            fused(uintBitsToFloat(0x3e2aaf33u), b, uintBitsToFloat(0x3efffedbu))),
+        u, fused(uintBitsToFloat(0x3f7ffff6u), b, 1.0));
+#ifdef NO_F64
+    return ldexp(j, int(n));
+#else
     double two_n = packDouble2x32(uvec2(0u, uint(int(n) + 1023) << 20));
     return float(double(j) * two_n);
+#endif
 }
 
 // Sum of 8 lanes in ggml's `hsum_float_8` order.

@@ -34,7 +34,7 @@ void main() {
     uint wr = p.w_offset + m * p.k;
     uint xr = p.x_offset + j * p.k;
     for (uint i = 0u; i < p.k; i++) {
-        precise float r = fma_exact(w[wr + i], x[xr + i], acc[i % 16u]);
+        precise float r = fused(w[wr + i], x[xr + i], acc[i % 16u]);
         acc[i % 16u] = r;
     }
     o[p.out_offset + j * p.out_stride + p.row_base + m] = hsum16(acc);

@@ -60,7 +60,7 @@ void main() {
         float dw = f16_at(at);
         uint qs_at = at + (DTYPE == 1u ? 4u : 2u);
         if (DTYPE == 1u) {
-            summs = fma_exact(f16_at(at + 2u), a.s, summs);
+            summs = fused(f16_at(at + 2u), a.s, summs);
         }
         precise float d = dw * a.d;
         for (uint l = 0u; l < 8u; l++) {
@@ -70,7 +70,7 @@ void main() {
                 int xq = int(word << (24u - 8u * e)) >> 24;
                 s += weight_q(qs_at, 4u * l + e) * xq;
             }
-            precise float r = fma_exact(d, float(s), acc[l]);
+            precise float r = fused(d, float(s), acc[l]);
             acc[l] = r;
         }
     }

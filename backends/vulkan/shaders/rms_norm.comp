@@ -23,12 +23,12 @@ void main() {
     uint row = gl_WorkGroupID.x;
     uint base = p.x_offset + row * p.cols;
     if (gl_LocalInvocationID.x == 0u) {
-        double sum = 0.0LF;
+        WIDE sum = WIDE(0.0);
         for (uint i = 0u; i < p.cols; i++) {
             precise float sq = x[base + i] * x[base + i];
-            sum += double(sq);
+            sum += WIDE(sq);
         }
-        float mean = float(sum / double(p.cols));
+        float mean = float(sum / WIDE(p.cols));
         precise float shifted = mean + p.eps;
         row_scale = 1.0 / sqrt(shifted);
     }

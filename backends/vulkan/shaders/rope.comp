@@ -1,7 +1,7 @@
 #version 450
 // RoPE, ggml "normal" mode (adjacent pairs), with per-row (sin, cos)
-// tables the host computed as the CPU does: x0' = fma_exact(x0, cos, -(x1·sin)),
-// x1' = fma_exact(x0, sin, x1·cos). One invocation per pair.
+// tables the host computed as the CPU does: x0' = fused(x0, cos, -(x1·sin)),
+// x1' = fused(x0, sin, x1·cos). One invocation per pair.
 #extension GL_GOOGLE_include_directive : require
 layout(local_size_x_id = 0) in;
 #include "common.glsl"
@@ -35,8 +35,8 @@ void main() {
     float x1 = x[p.x_offset + at + 1u];
     precise float a = x1 * sc.x;
     precise float b = x1 * sc.y;
-    precise float r0 = fma_exact(x0, sc.y, -a);
-    precise float r1 = fma_exact(x0, sc.x, b);
+    precise float r0 = fused(x0, sc.y, -a);
+    precise float r1 = fused(x0, sc.x, b);
     o[p.out_offset + at] = r0;
     o[p.out_offset + at + 1u] = r1;
 }

@@ -32,6 +32,10 @@ pub struct VulkanOptions {
     /// Create the device without the features the shaders need: only for
     /// the test that proves the validation layer catches it.
     pub omit_features: bool,
+    /// Run the shader builds without f64 even where the device has it
+    /// (devices without shaderFloat64 always do): native FMAs and f32 sums,
+    /// within a stated tolerance of the CPU instead of bitwise equal.
+    pub f32_only: bool,
 }
 
 /// A physical device as listed for users.
@@ -41,8 +45,11 @@ pub struct DeviceInfo {
     pub name: String,
     pub kind: &'static str,
     pub api_version: String,
-    /// Whether it has every feature the shaders need.
+    /// Whether it has every feature the shaders need (8- and 16-bit
+    /// storage buffers).
     pub suitable: bool,
+    /// Whether it has f64, which the exact (bitwise) shader builds need.
+    pub float64: bool,
 }
 
 /// Errors reported by the validation layer, gathered by the debug messenger.
@@ -112,6 +119,8 @@ pub struct Context {
     pub(crate) limits: vk::PhysicalDeviceLimits,
     pub(crate) info: DeviceInfo,
     pub(crate) max_binding_bytes: u64,
+    /// Whether the exact (f64) shader builds run.
+    pub(crate) exact: bool,
     debug: Option<(ash::ext::debug_utils::Instance, vk::DebugUtilsMessengerEXT)>,
     pub(crate) validation: Arc<ValidationLog>,
     lost: std::sync::atomic::AtomicBool,
@@ -125,8 +134,9 @@ fn vk_err(call: &'static str) -> impl Fn(vk::Result) -> Error {
     move |result| Error::Vulkan { call, result }
 }
 
-/// Whether the device reports every feature the shaders need.
-fn features_ok(instance: &ash::Instance, physical: vk::PhysicalDevice) -> bool {
+/// Whether the device has the storage features every shader needs, and
+/// whether it has f64.
+fn features_ok(instance: &ash::Instance, physical: vk::PhysicalDevice) -> (bool, bool) {
     let mut v11 = vk::PhysicalDeviceVulkan11Features::default();
     let mut v12 = vk::PhysicalDeviceVulkan12Features::default();
     let mut all = vk::PhysicalDeviceFeatures2::default()
@@ -135,9 +145,10 @@ fn features_ok(instance: &ash::Instance, physical: vk::PhysicalDevice) -> bool {
     // SAFETY: `physical` came from this instance; the chain is well formed.
     unsafe { instance.get_physical_device_features2(physical, &mut all) };
     let core = all.features;
-    v11.storage_buffer16_bit_access == vk::TRUE
-        && v12.storage_buffer8_bit_access == vk::TRUE
-        && core.shader_float64 == vk::TRUE
+    (
+        v11.storage_buffer16_bit_access == vk::TRUE && v12.storage_buffer8_bit_access == vk::TRUE,
+        core.shader_float64 == vk::TRUE,
+    )
 }
 
 fn kind_name(kind: vk::PhysicalDeviceType) -> &'static str {
@@ -225,6 +236,7 @@ fn describe_devices(instance: &ash::Instance) -> Result<Vec<DeviceInfo>, Error> 
             // SAFETY: `p` came from this instance.
             let props = unsafe { instance.get_physical_device_properties(p) };
             let v = props.api_version;
+            let (suitable, float64) = features_ok(instance, p);
             DeviceInfo {
                 index,
                 name: props
@@ -238,7 +250,8 @@ fn describe_devices(instance: &ash::Instance) -> Result<Vec<DeviceInfo>, Error> 
                     vk::api_version_minor(v),
                     vk::api_version_patch(v)
                 ),
-                suitable: features_ok(instance, p),
+                suitable,
+                float64,
             }
         })
         .collect())
@@ -302,10 +315,13 @@ impl Context {
         let mut v11 = vk::PhysicalDeviceVulkan11Features::default();
         let mut v12 = vk::PhysicalDeviceVulkan12Features::default();
         let mut core = vk::PhysicalDeviceFeatures::default();
+        let exact = info.float64 && !options.f32_only;
         if !options.omit_features {
             v11.storage_buffer16_bit_access = vk::TRUE;
             v12.storage_buffer8_bit_access = vk::TRUE;
-            core.shader_float64 = vk::TRUE;
+            if exact {
+                core.shader_float64 = vk::TRUE;
+            }
         }
         let device_info = vk::DeviceCreateInfo::default()
             .queue_create_infos(&queue_info)
@@ -341,6 +357,7 @@ impl Context {
             limits: props.limits,
             info,
             max_binding_bytes,
+            exact,
             debug,
             validation,
             lost: std::sync::atomic::AtomicBool::new(false),
@@ -375,6 +392,12 @@ impl Context {
     /// [`Context::mark_lost`]).
     pub fn is_lost(&self) -> bool {
         self.lost.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether the exact shader builds run (bitwise the CPU's results), or
+    /// the builds without f64.
+    pub fn exact(&self) -> bool {
+        self.exact
     }
 
     /// Whether the validation layer is on.
@@ -432,7 +455,7 @@ fn choose(
                 .map(|d| d.index)
                 .ok_or_else(|| {
                     Error::NoDevice(format!(
-                        "no Vulkan device has 8- and 16-bit storage buffers and f64 (have {})",
+                        "no Vulkan device has 8- and 16-bit storage buffers (have {})",
                         listing()
                     ))
                 })?
@@ -440,7 +463,7 @@ fn choose(
     };
     if !devices[pick].suitable {
         return Err(Error::NoDevice(format!(
-            "{} lacks 8- or 16-bit storage buffers or f64, which the shaders need",
+            "{} lacks 8- or 16-bit storage buffers, which the shaders need",
             devices[pick].name
         )));
     }

@@ -12,9 +12,11 @@
 //! bitwise the CPU's; each output row depends only on its own input row,
 //! so the numerics do not depend on the batch width.
 //!
-//! What it needs from a device: 8- and 16-bit storage buffers and f64
-//! (norm and softmax sums are f64, as on the CPU). A device without them is
-//! not chosen; [`VulkanBackend::supports`] answers per op.
+//! What it needs from a device: 8- and 16-bit storage buffers. With f64 the
+//! exact shader builds run (single-rounding FMAs, f64 norm and softmax sums,
+//! as on the CPU); without it (most mobile GPUs), or with
+//! [`VulkanOptions::f32_only`], the builds without f64 run: native FMAs and
+//! f32 sums, within a stated tolerance of the CPU.
 
 #![warn(unsafe_op_in_unsafe_fn)]
 
@@ -78,11 +80,18 @@ impl From<Error> for coordgen_graph::Error {
 
 /// Model weights uploaded to the device, shared by every executable (all
 /// buckets bind the same weights, so each is uploaded once).
+///
+/// Keyed by name and by the bytes' place in memory, so two models with the
+/// same tensor names on one backend never share a buffer; each entry keeps
+/// its source bytes alive, so that place cannot be reused by other data.
 #[derive(Default)]
 pub(crate) struct WeightStore {
     ctx: Option<Arc<Context>>,
-    buffers: Mutex<HashMap<String, Arc<Buffer>>>,
+    buffers: Mutex<HashMap<String, Vec<Uploaded>>>,
 }
+
+/// A weight's source bytes and its device copy.
+type Uploaded = (coordgen_graph::WeightBytes, Arc<Buffer>);
 
 impl WeightStore {
     pub(crate) fn get(
@@ -91,31 +100,36 @@ impl WeightStore {
         tensor: &coordgen_graph::TensorDecl,
         weights: &dyn WeightSource,
     ) -> Result<Arc<Buffer>, Error> {
+        let source =
+            coordgen_graph::weight_bytes_for(weights, name, tensor).map_err(|message| {
+                Error::BadWeight {
+                    name: name.into(),
+                    message,
+                }
+            })?;
+        let bytes = source.as_slice();
+        let same = |b: &coordgen_graph::WeightBytes| {
+            std::ptr::eq(b.as_slice().as_ptr(), bytes.as_ptr()) && b.as_slice().len() == bytes.len()
+        };
         let mut buffers = self.buffers.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(b) = buffers.get(name) {
+        let entries = buffers.entry(name.to_string()).or_default();
+        if let Some((_, b)) = entries.iter().find(|(src, _)| same(src)) {
             return Ok(b.clone());
         }
         let ctx = self
             .ctx
             .as_ref()
             .ok_or_else(|| Error::Memory("weight store without a device".into()))?;
-        let bytes = coordgen_graph::weight_bytes_for(weights, name, tensor).map_err(|message| {
-            Error::BadWeight {
-                name: name.into(),
-                message,
-            }
-        })?;
-        let bytes = bytes.as_slice();
         let mut buffer = Buffer::new(ctx, name, bytes.len() as u64, Placement::Device)?;
         buffer.upload(0, bytes)?;
         let buffer = Arc::new(buffer);
-        buffers.insert(name.to_string(), buffer.clone());
+        entries.push((source.clone(), buffer.clone()));
         Ok(buffer)
     }
 
     fn bytes(&self) -> u64 {
         let buffers = self.buffers.lock().unwrap_or_else(|p| p.into_inner());
-        buffers.values().map(|b| b.size()).sum()
+        buffers.values().flatten().map(|(_, b)| b.size()).sum()
     }
 }
 

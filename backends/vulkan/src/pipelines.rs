@@ -48,28 +48,38 @@ impl Shader {
         }
     }
 
-    /// The SPIR-V, as `tools/compile-shaders` wrote it.
-    fn spirv(self) -> &'static [u8] {
+    /// The SPIR-V, as `tools/compile-shaders` wrote it: the exact build, or
+    /// (`exact == false`) the build without f64 where the shader has one.
+    fn spirv(self, exact: bool) -> &'static [u8] {
         macro_rules! spv {
             ($name:literal) => {
                 include_bytes!(concat!("../shaders/spv/", $name, ".spv"))
             };
         }
+        macro_rules! two {
+            ($name:literal) => {
+                if exact {
+                    spv!($name)
+                } else {
+                    include_bytes!(concat!("../shaders/spv/", $name, "_f32.spv"))
+                }
+            };
+        }
         match self {
             Shader::QuantizeQ8 => spv!("quantize_q8"),
             Shader::QuantizeQ8K => spv!("quantize_q8k"),
-            Shader::MatmulQ => spv!("matmul_q"),
+            Shader::MatmulQ => two!("matmul_q"),
             Shader::MatmulK => spv!("matmul_k"),
-            Shader::MatmulF16 => spv!("matmul_f16"),
-            Shader::MatmulF32 => spv!("matmul_f32"),
-            Shader::RmsNorm => spv!("rms_norm"),
-            Shader::Rope => spv!("rope"),
-            Shader::Eltwise => spv!("eltwise"),
+            Shader::MatmulF16 => two!("matmul_f16"),
+            Shader::MatmulF32 => two!("matmul_f32"),
+            Shader::RmsNorm => two!("rms_norm"),
+            Shader::Rope => two!("rope"),
+            Shader::Eltwise => two!("eltwise"),
             Shader::Embedding => spv!("embedding"),
             Shader::KvStore => spv!("kv_store"),
-            Shader::AttnScores => spv!("attn_scores"),
-            Shader::AttnSoftmax => spv!("attn_softmax"),
-            Shader::AttnValues => spv!("attn_values"),
+            Shader::AttnScores => two!("attn_scores"),
+            Shader::AttnSoftmax => two!("attn_softmax"),
+            Shader::AttnValues => two!("attn_values"),
         }
     }
 
@@ -159,7 +169,7 @@ impl Pipelines {
     fn create(&self, shader: Shader, variant: u32) -> Result<Pipeline, Error> {
         let device = &self.ctx.device;
         let vk_err = |call: &'static str| move |result| Error::Vulkan { call, result };
-        let code = ash::util::read_spv(&mut std::io::Cursor::new(shader.spirv()))
+        let code = ash::util::read_spv(&mut std::io::Cursor::new(shader.spirv(self.ctx.exact)))
             .map_err(|e| Error::Shader(format!("{}: {e}", shader.name())))?;
         let module_info = vk::ShaderModuleCreateInfo::default().code(&code);
         // SAFETY: `code` is SPIR-V that spirv-val accepted (tools/compile-shaders).
