@@ -58,7 +58,7 @@ pub enum BackendChoice {
 /// Backend flags.
 #[derive(Args, Clone, Debug)]
 pub struct BackendArgs {
-    /// Backend for the layers' linear parts
+    /// Backend that runs the layers (the CPU runs whatever it cannot)
     #[arg(long, value_enum, default_value_t = BackendChoice::Cpu)]
     pub backend: BackendChoice,
     /// Folder holding libQnnHtp.so [default: $COORDGEN_QNN_DIR, else
