@@ -133,11 +133,12 @@ pub struct VulkanExecutable {
     arena: Option<Buffer>,
     boundaries: HashMap<usize, Buffer>,
     kv: HashMap<usize, Buffer>,
-    _weights: Vec<Arc<Buffer>>,
+    /// Device copies of the weights the graph binds (shared through the store).
+    weights: Vec<Arc<Buffer>>,
     angles: Buffer,
     vis: Buffer,
-    _scores: Buffer,
-    _act: Buffer,
+    scores: Buffer,
+    act: Buffer,
     steps: Vec<Step>,
     /// Session buffers every step binds, and where the last run bound them
     /// (descriptor sets are rewritten when that changes, i.e. per session).
@@ -574,11 +575,11 @@ impl VulkanExecutable {
             arena,
             boundaries,
             kv,
-            _weights: weight_buffers,
+            weights: weight_buffers,
             angles,
             vis,
-            _scores: scores,
-            _act: act,
+            scores,
+            act,
             steps: Vec::new(),
             mems: Vec::new(),
             bound: Vec::new(),
@@ -613,7 +614,7 @@ impl VulkanExecutable {
             Some(Place::Boundary(id)) => Ok((Source::Session(Mem::Boundary(id)), 0)),
             Some(Place::Kv(id)) => Ok((Source::Session(Mem::Kv(id)), 0)),
             Some(Place::Weight(i)) => {
-                Ok((Self::whole(self._weights.get(i).ok_or_else(missing)?), 0))
+                Ok((Self::whole(self.weights.get(i).ok_or_else(missing)?), 0))
             }
             _ => Err(missing()),
         }
@@ -623,7 +624,7 @@ impl VulkanExecutable {
         match self.places.get(t.0).copied() {
             Some(Place::Weight(i)) => {
                 let buffer = self
-                    ._weights
+                    .weights
                     .get(i)
                     .ok_or_else(|| bad(&self.graph, "weight missing"))?;
                 Ok(Source::Fixed(Binding {
@@ -910,7 +911,7 @@ impl VulkanExecutable {
                             .ok_or_else(|| bad(&self.graph, format!("matmul of {}", wd.dtype)))?;
                         let kquant = wd.dtype.block_len() == 256;
                         let blocks = k / wd.dtype.block_len();
-                        let act = Self::whole(&self._act);
+                        let act = Self::whole(&self.act);
                         self.dispatch(
                             pipelines,
                             if kquant {
@@ -1011,7 +1012,7 @@ impl VulkanExecutable {
                     let (vcb, _) = self.bind(v_cache, 2)?;
                     let (ob, ooff) = self.bind(out, 4)?;
                     let visb = Self::whole(&self.vis);
-                    let sb = Self::whole(&self._scores);
+                    let sb = Self::whole(&self.scores);
                     let kv_dim = n_kv_heads * head_dim;
                     let scale = 1.0f32 / (head_dim as f32).sqrt();
                     self.attention_ops.push(index);
